@@ -1,0 +1,93 @@
+"""The one place that chooses which backend runs an op.
+
+Backends: ``reference`` (pure torch, the oracle; runs anywhere), ``triton`` (Triton kernels: CUDA, or CPU under
+TRITON_INTERPRET=1), ``cuda`` (CUDA C++ in rmtkd_kernels._C), ``cpu`` (C++ CPU in rmtkd_kernels._C).
+
+Override, strongest first: the op's ``backend=`` argument; the environment variable RMTKD_BACKEND, either one
+name for every op (``RMTKD_BACKEND=triton``) or per op (``RMTKD_BACKEND=cov_accumulate=cpu,projected_linear=triton``).
+A forced backend that cannot run the call raises ValueError with its reasons; nothing silently falls back.
+
+Automatic choice walks AUTO_ORDER for the input's device and takes the first backend with no reason against it.
+Decision: a backend enters a device's AUTO_ORDER only after it has run on that hardware and matched the
+reference there (the GPU test suite) and won its benchmark (benchmarks/results/). The Triton and CUDA kernels
+have so far run only under the Triton interpreter / been compiled, so on CUDA devices the default is still the
+reference; force ``triton`` or ``cuda`` to use them.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+
+from rmtkd_kernels.extension import EXTENSION
+
+BACKENDS = ("reference", "triton", "cuda", "cpu")
+OPS = ("cov_accumulate", "projected_linear")
+ENV_VAR = "RMTKD_BACKEND"
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpu", "reference"), "cuda": ("reference",)}
+# Above this many rows the fused projected linear recomputes too much; auto mode uses two GEMMs there.
+FUSED_MAX_ROWS = 256
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unsupported_reasons(backend: str, op: str, x: torch.Tensor) -> list[str]:
+    """Why ``backend`` cannot run ``op`` on tensors like x (empty list: it can)."""
+    reasons: list[str] = []
+    device = x.device.type
+    if backend == "triton":
+        if importlib.util.find_spec("triton") is None:
+            reasons.append("triton is not installed")
+        if device == "cpu" and not triton_interpreting():
+            reasons.append("Triton runs CPU tensors only under TRITON_INTERPRET=1 (set before importing triton)")
+        elif device not in ("cpu", "cuda"):
+            reasons.append(f"Triton kernels do not run on device type {device!r}")
+        if x.dtype not in _TRITON_DTYPES:
+            reasons.append(f"the Triton kernels take float32/float16/bfloat16, not {x.dtype}")
+    elif backend in ("cuda", "cpu"):
+        key = backend.upper()
+        if not EXTENSION.loaded:
+            reasons.append(f"the native extension rmtkd_kernels._C is not built ({EXTENSION.error})")
+        elif not EXTENSION.has_kernel(op, key):
+            reasons.append(f"rmtkd_kernels._C has no {key} kernel for {op}")
+        if device != backend:
+            reasons.append(f"the {backend} backend needs {backend} tensors, got {device}")
+    elif backend != "reference":
+        reasons.append(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    return reasons
+
+
+def _forced_backend(op: str) -> Optional[str]:
+    setting = os.environ.get(ENV_VAR, "").strip()
+    if not setting:
+        return None
+    if "=" not in setting:
+        return setting
+    for item in setting.split(","):
+        name, _, value = item.partition("=")
+        if name.strip() not in OPS:
+            raise ValueError(f"{ENV_VAR}: unknown op {name.strip()!r} in {setting!r}; ops are {OPS}")
+        if name.strip() == op:
+            return value.strip()
+    return None
+
+
+def choose_backend(op: str, x: torch.Tensor, backend: Optional[str] = None) -> str:
+    """The backend that runs ``op`` for input x: the forced one (checked) or the first able one in AUTO_ORDER."""
+    forced = backend or _forced_backend(op)
+    if forced is not None and forced != "auto":
+        reasons = unsupported_reasons(forced, op, x)
+        if reasons:
+            source = "backend" if backend else ENV_VAR
+            raise ValueError(f"{source}: backend {forced!r} cannot run {op} here: " + "; ".join(reasons))
+        return forced
+    for candidate in AUTO_ORDER.get(x.device.type, ()):
+        fused_too_big = op == "projected_linear" and candidate != "reference" and x.shape[0] > FUSED_MAX_ROWS
+        if not fused_too_big and not unsupported_reasons(candidate, op, x):
+            return candidate
+    return "reference"

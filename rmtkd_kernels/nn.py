@@ -1,0 +1,118 @@
+"""Drop-in layers built on the fused ops."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from rmtkd_kernels.ops import projected_linear
+
+
+class ProjectedLinear(nn.Module):
+    """y = (x @ basis) @ weightᵀ + bias: a Linear(d_in → d_out) that runs on a k-dimensional projection of x.
+
+    Parameters: basis (d_in, k), weight (d_out, k), bias (d_out,). Built from a trained nn.Linear with
+    :meth:`from_linear`; :meth:`to_linear` multiplies it back into an nn.Linear. ``backend`` forces a
+    projected_linear backend (None: automatic). Under torch.autocast the layer computes in the autocast dtype.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        *,
+        device: Optional[torch.device | str] = None,
+        dtype: Optional[torch.dtype] = None,
+        backend: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features), ("rank", rank)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.backend = backend
+        factory = {"device": device, "dtype": dtype}
+        self.basis = nn.Parameter(torch.empty(in_features, rank, **factory))
+        self.weight = nn.Parameter(torch.empty(out_features, rank, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random orthonormal basis and nn.Linear's default init of weight and bias (fan-in = rank)."""
+        with torch.no_grad():
+            nn.init.orthogonal_(self.basis)
+            nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+            if self.bias is not None:
+                bound = 1 / self.rank**0.5
+                nn.init.uniform_(self.bias, -bound, bound)
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, basis: Tensor, mean: Optional[Tensor] = None, *, backend: Optional[str] = None
+    ) -> "ProjectedLinear":
+        """Fold an orthonormal basis P (d_in, k) into a trained Linear: y ≈ W (μ + P Pᵀ (x − μ)) + b.
+
+        With the activation mean μ the projection acts on centered inputs, and the constant part
+        W (I − P Pᵀ) μ goes into the bias, so a layer whose inputs stay near span(P) + μ is reproduced.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        d_in = linear.in_features
+        if not isinstance(basis, Tensor) or basis.dim() != 2 or basis.shape[0] != d_in or basis.shape[1] < 1:
+            got = tuple(basis.shape) if isinstance(basis, Tensor) else type(basis).__name__
+            raise ValueError(f"basis: expected shape ({d_in}, k) with k >= 1 for a Linear with {d_in} inputs, got {got}")
+        p = basis.detach().to(torch.float64)
+        gram_error = (p.T @ p - torch.eye(p.shape[1], dtype=torch.float64, device=p.device)).abs().max().item()
+        tolerance = max(1e-4, 50 * torch.finfo(basis.dtype).eps)
+        if gram_error > tolerance:
+            raise ValueError(f"basis: expected orthonormal columns (PᵀP = I), max |PᵀP − I| = {gram_error:.3g}")
+        if mean is not None and (not isinstance(mean, Tensor) or tuple(mean.shape) != (d_in,)):
+            got = tuple(mean.shape) if isinstance(mean, Tensor) else type(mean).__name__
+            raise ValueError(f"mean: expected shape ({d_in},), got {got}")
+        w = linear.weight.detach().to(torch.float64)
+        p = p.to(w.device)
+        bias = linear.bias.detach().to(torch.float64) if linear.bias is not None else None
+        if mean is not None:
+            mu = mean.detach().to(device=w.device, dtype=torch.float64)
+            residual = w @ (mu - p @ (p.T @ mu))
+            bias = residual if bias is None else bias + residual
+        layer = cls(d_in, linear.out_features, p.shape[1], bias=bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype, backend=backend)
+        with torch.no_grad():
+            layer.basis.copy_(p)
+            layer.weight.copy_(w @ p)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        basis, weight, bias = self.basis, self.weight, self.bias
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, basis, weight = x.to(dtype), basis.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        return projected_linear(x, basis, weight, bias, backend=self.backend)
+
+    def to_linear(self) -> nn.Linear:
+        """The equivalent nn.Linear (weight = W Pᵀ), e.g. to compare against or to export."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight.double() @ self.basis.double().T)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def num_parameters(self) -> int:
+        return self.rank * (self.in_features + self.out_features) + (self.out_features if self.bias is not None else 0)
+
+    def flops(self, rows: int) -> int:
+        """Multiply-add FLOPs (2 per MAC) of a forward over ``rows`` rows; the bias add is not counted."""
+        return 2 * rows * self.rank * (self.in_features + self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, rank={self.rank}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")

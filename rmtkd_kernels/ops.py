@@ -1,0 +1,123 @@
+"""The public custom ops ``rmtkd::cov_accumulate`` and ``rmtkd::projected_linear``.
+
+Each is a torch.library custom op with a fake (meta) kernel, and projected_linear has autograd, so both work
+under torch.compile(fullgraph=True) and in training. The op takes the backend's name as its last argument;
+the Python wrappers below validate arguments, choose the backend (rmtkd_kernels.backends) and call the op.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from rmtkd_kernels import reference
+from rmtkd_kernels.backends import choose_backend
+from rmtkd_kernels.validation import check_cov_args, check_projected_linear_args
+
+
+def _native(op: str) -> Callable:
+    return getattr(torch.ops.rmtkd_C, op)
+
+
+def _triton(module: str, fn: str) -> Callable:
+    # Imported on first use: importing triton is slow and must follow TRITON_INTERPRET being set.
+    return getattr(importlib.import_module(f"rmtkd_kernels.triton.{module}"), fn)
+
+
+_COV_IMPLS: dict[str, Callable[[], Callable]] = {
+    "reference": lambda: reference.cov_accumulate_ref,
+    "triton": lambda: _triton("cov_accumulate", "cov_accumulate_triton"),
+    "cuda": lambda: _native("cov_accumulate"),
+    "cpu": lambda: _native("cov_accumulate"),
+}
+_PROJECTED_IMPLS: dict[str, Callable[[], Callable]] = {
+    "reference": lambda: reference.projected_linear_ref,
+    "triton": lambda: _triton("projected_linear", "projected_linear_triton"),
+    "cuda": lambda: _native("projected_linear"),
+}
+
+
+# ---------------------------------------------------------------- cov_accumulate
+@torch.library.custom_op("rmtkd::cov_accumulate", mutates_args=("gram", "colsum", "nonfinite_rows"))
+def _cov_accumulate_op(
+    x: Tensor, gram: Tensor, colsum: Tensor, nonfinite_rows: Tensor, row_mask: Optional[Tensor], backend: str
+) -> None:
+    _COV_IMPLS[backend]()(x, gram, colsum, nonfinite_rows, row_mask)
+
+
+@_cov_accumulate_op.register_fake
+def _cov_accumulate_fake(x, gram, colsum, nonfinite_rows, row_mask, backend) -> None:
+    return None
+
+
+def cov_accumulate(
+    x: Tensor,
+    gram: Tensor,
+    colsum: Tensor,
+    nonfinite_rows: Tensor,
+    row_mask: Optional[Tensor] = None,
+    *,
+    backend: Optional[str] = None,
+) -> None:
+    """Streaming covariance step, in place: gram += XᵀX, colsum += Σ rows of X, nonfinite_rows += #bad rows.
+
+    x: (n, d) chunk, float32/float16/bfloat16/float64, any strides. gram: (d, d) float64 or float32,
+    contiguous; on return its upper triangle (diagonal included) holds the sum, its strict lower triangle is
+    unspecified (read it through CovarianceAccumulator or ``torch.triu`` + transpose). colsum: (d,) float64.
+    nonfinite_rows: int64 scalar counting counted rows that held NaN/Inf (they poison gram; the accumulator
+    raises when read). row_mask: optional bool (n,), False rows (e.g. padding) contribute nothing.
+    Products are formed in fp32 (float64 for float64 input) and added into gram's dtype.
+    """
+    check_cov_args(x, gram, colsum, nonfinite_rows, row_mask)
+    name = choose_backend("cov_accumulate", x, backend)
+    torch.ops.rmtkd.cov_accumulate(x, gram, colsum, nonfinite_rows, row_mask, name)
+
+
+# ---------------------------------------------------------------- projected_linear
+@torch.library.custom_op("rmtkd::projected_linear", mutates_args=())
+def _projected_linear_op(x: Tensor, basis: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Tensor:
+    return _PROJECTED_IMPLS[backend]()(x, basis, weight, bias)
+
+
+@_projected_linear_op.register_fake
+def _projected_linear_fake(x, basis, weight, bias, backend) -> Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def _projected_linear_setup(ctx, inputs, output) -> None:
+    x, basis, weight, bias, _ = inputs
+    ctx.save_for_backward(x, basis, weight)
+    ctx.has_bias = bias is not None
+
+
+def _projected_linear_backward(ctx, grad: Tensor):
+    """Gradients of y = (x P) Wᵀ + b; the intermediate x P is recomputed rather than stored."""
+    x, basis, weight = ctx.saved_tensors
+    grad_hidden = grad @ weight
+    grad_x = grad_hidden @ basis.T if ctx.needs_input_grad[0] else None
+    grad_basis = x.T @ grad_hidden if ctx.needs_input_grad[1] else None
+    grad_weight = grad.T @ (x @ basis) if ctx.needs_input_grad[2] else None
+    grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
+    return grad_x, grad_basis, grad_weight, grad_bias, None
+
+
+_projected_linear_op.register_autograd(_projected_linear_backward, setup_context=_projected_linear_setup)
+
+
+def projected_linear(
+    x: Tensor, basis: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, backend: Optional[str] = None
+) -> Tensor:
+    """y = (x @ basis) @ weightᵀ + bias with x (..., d_in), basis (d_in, k), weight (d_out, k), bias (d_out,).
+
+    The fused backends keep the k-wide intermediate on chip; the reference runs two matmuls.
+    """
+    if not isinstance(x, Tensor) or x.dim() < 1:
+        raise ValueError(f"x: expected a tensor with at least 1 dimension (..., d_in), got {type(x).__name__}"
+                         + (f" of shape {tuple(x.shape)}" if isinstance(x, Tensor) else ""))
+    rows = x.reshape(-1, x.shape[-1])
+    check_projected_linear_args(rows, basis, weight, bias)
+    name = choose_backend("projected_linear", rows, backend)
+    y = torch.ops.rmtkd.projected_linear(rows, basis, weight, bias, name)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
