@@ -15,6 +15,7 @@ reference; force ``triton`` or ``cuda`` to use them.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Optional
@@ -30,18 +31,19 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpu", "reference"), "cuda": (
 # Above this many rows the fused projected linear recomputes too much; auto mode uses two GEMMs there.
 FUSED_MAX_ROWS = 256
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def unsupported_reasons(backend: str, op: str, x: torch.Tensor) -> list[str]:
-    """Why ``backend`` cannot run ``op`` on tensors like x (empty list: it can)."""
+def unsupported_reasons(backend: str, op: str, x: torch.Tensor, device: Optional[str] = None) -> list[str]:
+    """Why ``backend`` cannot run ``op`` on tensors like x (on ``device``, default x's) (empty list: it can)."""
     reasons: list[str] = []
-    device = x.device.type
+    device = device or x.device.type
     if backend == "triton":
-        if importlib.util.find_spec("triton") is None:
+        if not TRITON_INSTALLED:
             reasons.append("triton is not installed")
         if device == "cpu" and not triton_interpreting():
             reasons.append("Triton runs CPU tensors only under TRITON_INTERPRET=1 (set before importing triton)")
@@ -80,14 +82,22 @@ def _forced_backend(op: str) -> Optional[str]:
 def choose_backend(op: str, x: torch.Tensor, backend: Optional[str] = None) -> str:
     """The backend that runs ``op`` for input x: the forced one (checked) or the first able one in AUTO_ORDER."""
     forced = backend or _forced_backend(op)
+    large = op == "projected_linear" and x.shape[0] > FUSED_MAX_ROWS
+    return _choose(op, x.device.type, x.dtype, large, forced, backend is not None, triton_interpreting())
+
+
+@functools.lru_cache(maxsize=256)
+def _choose(op: str, device: str, dtype: torch.dtype, large: bool, forced: Optional[str], from_argument: bool,
+            interpreting: bool) -> str:
+    """Memoised on everything the answer depends on (the call sits on every forward's hot path)."""
+    probe = torch.empty((0, 0), device="meta", dtype=dtype)
     if forced is not None and forced != "auto":
-        reasons = unsupported_reasons(forced, op, x)
+        reasons = unsupported_reasons(forced, op, probe, device)
         if reasons:
-            source = "backend" if backend else ENV_VAR
+            source = "backend" if from_argument else ENV_VAR
             raise ValueError(f"{source}: backend {forced!r} cannot run {op} here: " + "; ".join(reasons))
         return forced
-    for candidate in AUTO_ORDER.get(x.device.type, ()):
-        fused_too_big = op == "projected_linear" and candidate != "reference" and x.shape[0] > FUSED_MAX_ROWS
-        if not fused_too_big and not unsupported_reasons(candidate, op, x):
+    for candidate in AUTO_ORDER.get(device, ()):
+        if not (large and candidate != "reference") and not unsupported_reasons(candidate, op, probe, device):
             return candidate
     return "reference"

@@ -12,10 +12,14 @@ class ExtensionInfo:
     loaded: bool
     with_cuda: bool
     error: Optional[str]
+    kernels: frozenset[tuple[str, str]] = frozenset()  # (op, dispatch key) pairs registered by the build
 
     def has_kernel(self, op: str, dispatch_key: str) -> bool:
         """Whether rmtkd_C::<op> has a kernel registered for dispatch_key ("CPU" or "CUDA")."""
-        return self.loaded and torch._C._dispatch_has_kernel_for_dispatch_key(f"rmtkd_C::{op}", dispatch_key)
+        return (op, dispatch_key) in self.kernels
+
+
+NATIVE_OPS = ("cov_accumulate", "projected_linear")
 
 
 def _load() -> ExtensionInfo:
@@ -23,7 +27,11 @@ def _load() -> ExtensionInfo:
         from rmtkd_kernels import _C
     except ImportError as error:
         return ExtensionInfo(loaded=False, with_cuda=False, error=str(error))
-    return ExtensionInfo(loaded=True, with_cuda=bool(_C.compiled_with_cuda()), error=None)
+    kernels = frozenset(
+        (op, key) for op in NATIVE_OPS for key in ("CPU", "CUDA")
+        if torch._C._dispatch_has_kernel_for_dispatch_key(f"rmtkd_C::{op}", key)
+    )
+    return ExtensionInfo(loaded=True, with_cuda=bool(_C.compiled_with_cuda()), error=None, kernels=kernels)
 
 
 EXTENSION = _load()

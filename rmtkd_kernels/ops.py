@@ -3,6 +3,9 @@
 Each is a torch.library custom op with a fake (meta) kernel, and projected_linear has autograd, so both work
 under torch.compile(fullgraph=True) and in training. The op takes the backend's name as its last argument;
 the Python wrappers below validate arguments, choose the backend (rmtkd_kernels.backends) and call the op.
+Decision: the reference backend is called directly, not through the op. It is plain differentiable torch that
+autograd and torch.compile already see through, and the custom-op boundary would cost ~5 µs a call (twice a
+two-matmul layer's own time at batch 1 on CPU). The op accepts "reference" too, so opcheck covers it.
 """
 from __future__ import annotations
 
@@ -72,7 +75,10 @@ def cov_accumulate(
     """
     check_cov_args(x, gram, colsum, nonfinite_rows, row_mask)
     name = choose_backend("cov_accumulate", x, backend)
-    torch.ops.rmtkd.cov_accumulate(x, gram, colsum, nonfinite_rows, row_mask, name)
+    if name == "reference":
+        reference.cov_accumulate_ref(x, gram, colsum, nonfinite_rows, row_mask)
+    else:
+        torch.ops.rmtkd.cov_accumulate(x, gram, colsum, nonfinite_rows, row_mask, name)
 
 
 # ---------------------------------------------------------------- projected_linear
@@ -119,5 +125,7 @@ def projected_linear(
     rows = x.reshape(-1, x.shape[-1])
     check_projected_linear_args(rows, basis, weight, bias)
     name = choose_backend("projected_linear", rows, backend)
+    if name == "reference":
+        return reference.projected_linear_ref(x, basis, weight, bias)
     y = torch.ops.rmtkd.projected_linear(rows, basis, weight, bias, name)
     return y.reshape(*x.shape[:-1], weight.shape[0])

@@ -1,0 +1,176 @@
+"""Kernel benchmark: cov_accumulate and projected_linear, every backend here vs. what a user would write.
+
+    python benchmarks/kernels.py            # full shapes on the default device (cuda if present)
+    python benchmarks/kernels.py --quick    # tiny shapes, a few calls: CI's smoke run
+    python benchmarks/kernels.py --device cpu --out benchmarks/results
+
+Prints and writes <out>/<device>/kernels.{json,md}: median time per call, achieved FLOP/s and bytes/s, the
+fraction of this device's roofline (peak GEMM rate and copy bandwidth measured in the same run), and each
+candidate's speed ratio against the baselines measured in the same run (ratio > 1: faster than baseline).
+The Triton interpreter is not a benchmark: on CPU only the reference and the C++ backend are timed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    buffer_count, device_slug, machine_info, markdown_table, measure_roofline, median_seconds, write_results,
+)
+
+from rmtkd_kernels import cov_accumulate, projected_linear  # noqa: E402
+from rmtkd_kernels.backends import unsupported_reasons  # noqa: E402
+
+
+def timed_backends(op: str, device: torch.device, dtype: torch.dtype) -> list[str]:
+    probe = torch.empty(1, 1, device=device, dtype=dtype)
+    names = [b for b in ("reference", "triton", "cuda", "cpu") if not unsupported_reasons(b, op, probe)]
+    return [b for b in names if not (b == "triton" and device.type == "cpu")]
+
+
+def _gemm_fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch.mm with fp32 output for half inputs (CUDA, torch >= 2.9); plain mm + cast elsewhere."""
+    if a.is_cuda and a.dtype != torch.float32:
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except TypeError:
+            pass
+    return torch.mm(a, b).float()
+
+
+def cov_cases(device: torch.device, quick: bool) -> list[tuple[int, int, torch.dtype]]:
+    if quick:
+        return [(96, 512, torch.float32)]
+    if device.type == "cuda":
+        return [(d, 16384, torch.bfloat16) for d in (768, 1024, 3072, 4096)] + [(1024, 16384, torch.float32)]
+    return [(1536, 8192, torch.float32), (384, 8192, torch.float32), (1536, 8192, torch.bfloat16)]
+
+
+def bench_cov(device: torch.device, quick: bool, roof: dict[str, float]) -> list[dict[str, object]]:
+    rows = []
+    min_time = 0.02 if quick else 1.0
+    for d, n, dtype in cov_cases(device, quick):
+        sets = buffer_count(n * d * torch.finfo(dtype).bits // 8, device)
+        xs = [(torch.randn(n, d, device=device) + 0.1).to(dtype) for _ in range(sets)]
+        gram64 = torch.zeros(d, d, dtype=torch.float64, device=device)
+        gram32 = torch.zeros(d, d, dtype=torch.float32, device=device)
+        colsum = torch.zeros(d, dtype=torch.float64, device=device)
+        bad = torch.zeros((), dtype=torch.int64, device=device)
+        candidates: dict[str, Callable[[int], object]] = {
+            "baseline: acc64 += (x.T @ x).double()": lambda i: gram64.add_((xs[i % sets].T @ xs[i % sets]).double()),
+            "baseline: acc32 += mm(x.T, x, fp32 out)": lambda i: gram32.add_(_gemm_fp32_out(xs[i % sets].T, xs[i % sets])),
+        }
+        if dtype == torch.float32:
+            candidates["baseline: acc32.addmm_(x.T, x)"] = lambda i: gram32.addmm_(xs[i % sets].T, xs[i % sets])
+        for backend in timed_backends("cov_accumulate", device, dtype):
+            candidates[f"cov_accumulate[{backend}] -> float64"] = (
+                lambda i, b=backend: cov_accumulate(xs[i % sets], gram64, colsum, bad, backend=b))
+        times = {name: median_seconds(fn, device, min_time) for name, fn in candidates.items()}
+        full_flops = 2 * n * d * d  # what a full GEMM does to produce the same Gram matrix
+        min_bytes = n * d * xs[0].element_size() + d * (d + 1) // 2 * 8 * 2  # read X, read+write the triangle
+        baselines = {k: v for k, v in times.items() if k.startswith("baseline")}
+        for name, seconds in times.items():
+            row: dict[str, object] = {
+                "op": "cov_accumulate", "d": d, "n": n, "dtype": str(dtype).replace("torch.", ""), "candidate": name,
+                "ms": seconds * 1e3,
+                "effective_TFLOPs": full_flops / seconds / 1e12,
+                "useful_TFLOPs": n * d * (d + 1) / seconds / 1e12,
+                "GBs": min_bytes / seconds / 1e9,
+                "roofline_fraction": max(n * d * (d + 1) / roof["gemm_flops"], min_bytes / roof["copy_bytes_per_s"]) / seconds,
+            }
+            for base_name, base_seconds in baselines.items():
+                row["x_vs_" + base_name.split(": ")[1]] = base_seconds / seconds
+            rows.append(row)
+    return rows
+
+
+def projected_cases(device: torch.device, quick: bool) -> list[tuple[int, int, int, int, torch.dtype]]:
+    """(rows, d_in, k, d_out, dtype)."""
+    if quick:
+        return [(rows, 96, 24, 96, torch.float32) for rows in (1, 64)]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rows_list = (1, 16, 64, 256, 1024, 16384) if device.type == "cuda" else (1, 16, 64, 1024)
+    return [(rows, d, k, d, dtype) for d in (384, 768) for k in (64, 256) for rows in rows_list]
+
+
+def bench_projected(device: torch.device, quick: bool, roof: dict[str, float]) -> list[dict[str, object]]:
+    out = []
+    min_time = 0.02 if quick else 0.5
+    for m, d_in, k, d_out, dtype in projected_cases(device, quick):
+        element = torch.finfo(dtype).bits // 8
+        min_bytes = element * (m * d_in + d_in * k + d_out * k + d_out + m * d_out)
+        sets = buffer_count(min_bytes, device)
+        data = [tuple(t.to(dtype) for t in (torch.randn(m, d_in, device=device),
+                                           torch.randn(d_in, k, device=device) / d_in**0.5,
+                                           torch.randn(d_out, k, device=device) / k**0.5,
+                                           torch.randn(d_out, device=device))) for _ in range(sets)]
+        candidates: dict[str, Callable[[int], object]] = {
+            "baseline: two nn.Linear": lambda i: F.linear(F.linear(data[i % sets][0], data[i % sets][1].T),
+                                                         data[i % sets][2], data[i % sets][3]),
+        }
+        for backend in timed_backends("projected_linear", device, dtype):
+            candidates[f"projected_linear[{backend}]"] = lambda i, b=backend: projected_linear(*data[i % sets], backend=b)
+        with torch.inference_mode():
+            times = {name: median_seconds(fn, device, min_time) for name, fn in candidates.items()}
+        flops = 2 * m * k * (d_in + d_out)
+        base = times["baseline: two nn.Linear"]
+        for name, seconds in times.items():
+            out.append({
+                "op": "projected_linear", "rows": m, "d_in": d_in, "k": k, "d_out": d_out,
+                "dtype": str(dtype).replace("torch.", ""), "candidate": name, "ms": seconds * 1e3,
+                "TFLOPs": flops / seconds / 1e12, "GBs": min_bytes / seconds / 1e9,
+                "roofline_fraction": max(flops / roof["gemm_flops"], min_bytes / roof["copy_bytes_per_s"]) / seconds,
+                "x_vs_two_linears": base / seconds,
+            })
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and few calls (smoke run)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("--device cuda: no GPU visible to torch; run with --device cpu", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    roof_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    roof = measure_roofline(device, roof_dtype, args.quick)
+    print(f"roofline ({device}): GEMM {roof['gemm_flops'] / 1e12:.2f} TFLOP/s {roof_dtype}, "
+          f"copy {roof['copy_bytes_per_s'] / 1e9:.1f} GB/s")
+    cov = bench_cov(device, args.quick, roof)
+    proj = bench_projected(device, args.quick, roof)
+    cov_cols = ["d", "n", "dtype", "candidate", "ms", "effective_TFLOPs", "GBs", "roofline_fraction",
+                "x_vs_acc64 += (x.T @ x).double()", "x_vs_acc32 += mm(x.T, x, fp32 out)", "x_vs_acc32.addmm_(x.T, x)"]
+    proj_cols = ["rows", "d_in", "k", "d_out", "dtype", "candidate", "ms", "TFLOPs", "GBs", "roofline_fraction",
+                 "x_vs_two_linears"]
+    info = machine_info(device)
+    markdown = "\n\n".join([
+        f"# Kernel benchmark ({device_slug(device)}{', quick' if args.quick else ''})",
+        "Command: `python benchmarks/kernels.py" + (" --quick" if args.quick else "") + f" --device {device.type}`",
+        f"Machine: `{info}`",
+        f"Roofline measured in this run: GEMM {roof['gemm_flops'] / 1e12:.3g} TFLOP/s ({roof_dtype}), "
+        f"copy {roof['copy_bytes_per_s'] / 1e9:.3g} GB/s. effective_TFLOPs counts 2·n·d² (a full GEMM's work "
+        "for the same Gram matrix); roofline_fraction = max(compute floor, memory floor) / time, with the SYRK's "
+        "n·d·(d+1) FLOPs.",
+        "## cov_accumulate", markdown_table(cov, cov_cols),
+        "## projected_linear", markdown_table(proj, proj_cols),
+    ])
+    print(markdown)
+    out_dir = args.out / (device_slug(device) + ("-quick" if args.quick else ""))
+    write_results(out_dir, "kernels", {"machine": info, "roofline": roof, "cov_accumulate": cov,
+                                       "projected_linear": proj}, markdown)
+    print(f"\nwrote {out_dir}/kernels.json and kernels.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
