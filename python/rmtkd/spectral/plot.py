@@ -1,0 +1,66 @@
+"""Spectrum plot: eigenvalue histogram, fitted MP density, the threshold, and the kept spikes."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from rmtkd.spectral.noise import nonzero_eigenvalues
+from rmtkd.spectral.selection import SubspaceSelection
+
+# Past this multiple of the MP edge, spikes would squash the bulk on a linear axis: use log-x instead.
+LOG_X_BEYOND_EDGE = 6.0
+BULK_BINS = 30  # histogram bins across the MP bulk, on either axis
+
+
+def plot_spectrum(selection: SubspaceSelection, path: str | Path, title: Optional[str] = None) -> Path:
+    """Write a PNG of the selection's spectrum to ``path`` (atomically) and return the path."""
+    values = nonzero_eigenvalues(selection.eigenvalues, selection.gamma)
+    values = values[values > 0]
+    law = selection.mp_law()
+    log_x = values.max() > LOG_X_BEYOND_EDGE * law.upper_edge
+    fig = Figure(figsize=(9, 4.8), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    if log_x:
+        low = math.log10(values.min())
+        step = (math.log10(law.upper_edge) - low) / BULK_BINS
+        edges = 10 ** np.arange(low, math.log10(values.max()) + step, step)
+        per_unit = np.diff(np.log10(edges))
+        grid = np.logspace(math.log10(max(values.min(), law.lower_edge * 0.9, 1e-300)),
+                           math.log10(law.upper_edge * 1.1), 600)
+        curve = law.pdf(grid) / law.bulk_mass * grid * math.log(10)  # density per decade
+        ax.set_xscale("log")
+        ax.set_ylabel("density per decade")
+    else:
+        edges = np.arange(0.0, values.max() * 1.02 + law.upper_edge / BULK_BINS, law.upper_edge / BULK_BINS)
+        per_unit = np.diff(edges)
+        grid = np.linspace(max(law.lower_edge, 1e-12), law.upper_edge, 600)
+        curve = law.pdf(grid) / law.bulk_mass
+        ax.set_ylabel("density")
+    counts, _ = np.histogram(values, bins=edges)
+    ax.bar(edges[:-1], counts / (values.size * per_unit), width=np.diff(edges), align="edge",
+           color="#9ecae1", edgecolor="#6baed6", linewidth=0.4, label=f"eigenvalues ({values.size})")
+    ax.plot(grid, curve, color="#08519c", linewidth=2,
+            label=f"MP fit: σ² = {selection.sigma2:.4g} ({selection.noise_rule}), γ = {selection.gamma:.3g}")
+    ax.axvline(selection.edge, color="#d62728", linestyle="--", linewidth=1.5,
+               label=f"threshold {selection.edge:.4g} ({selection.threshold_rule})")
+    kept = selection.kept_eigenvalues
+    if kept.size:
+        ax.plot(kept, np.zeros_like(kept), linestyle="none", marker="^", markersize=9, color="#d62728",
+                clip_on=False, label=f"kept: k = {selection.k} ({100 * selection.variance_kept:.1f}% of variance)")
+    ax.set_xlabel("eigenvalue λ of the activation covariance" + (" (log scale)" if log_x else ""))
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper right", fontsize=9, framealpha=0.9)
+    heading = title or "Activation spectrum"
+    ax.set_title(f"{heading}: k = {selection.k} of {selection.d} directions kept", fontsize=11)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as handle:
+        fig.savefig(handle, format="png")
+    os.replace(handle.name, path)
+    return path
