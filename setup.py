@@ -99,6 +99,6 @@ setup(
     package_dir={"rmtkd": "python/rmtkd"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=["torch>=2.4", "numpy"],
+    install_requires=["torch>=2.4", "numpy", "matplotlib"],
     extras_require={"test": ["pytest", "pytest-benchmark", "expecttest"]},
 )
