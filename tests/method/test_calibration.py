@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from rmtkd.calibration import calibrate, find_linear_sites
+from rmtkd.calibration import calibrate, discover_sites
 
 
 class TinyBlock(nn.Module):
@@ -50,12 +50,12 @@ def make_batches(count: int = 3, seed: int = 0):
 
 def test_sites_group_shared_inputs_and_never_alias_freed_memory():
     torch.manual_seed(0)
-    sites = find_linear_sites(TinyModel(), make_batches(1)[0], forward)
+    sites = discover_sites(TinyModel(), make_batches(1)[0], forward)
     assert [s.names for s in sites] == [
         ["blocks.0.query", "blocks.0.key", "blocks.0.value"], ["blocks.0.up"], ["blocks.0.down"],
         ["blocks.1.query", "blocks.1.key", "blocks.1.value"], ["blocks.1.up"], ["blocks.1.down"],
     ]
-    assert sites[0].name == "blocks.0.{query,key,value}" and sites[0].out_features == 36
+    assert sites[0].name == "blocks.0.{query,key,value}" and sites[0].kind == "linear"
     assert sites[2].dim == 24 and sites[2].name == "blocks.0.down"
 
 
@@ -63,7 +63,8 @@ def test_statistics_match_direct_computation_over_real_tokens():
     torch.manual_seed(1)
     model = TinyModel()
     batches = make_batches()
-    calibration = calibrate(model, batches, forward, estimate_design_effect=True)
+    sites = discover_sites(model, batches[0], forward)
+    calibration = calibrate(model, batches, forward, sites, estimate_design_effect=True)
     assert calibration.batches == 3 and calibration.sequences == 12
     captured = []
     handle = model.blocks[1].up.register_forward_pre_hook(lambda m, inputs: captured.append(inputs[0]))
@@ -78,8 +79,10 @@ def test_statistics_match_direct_computation_over_real_tokens():
     assert site.design_effect.tokens == rows.shape[0]
 
 
-def test_empty_calibration_and_no_linear_are_errors():
+def test_empty_calibration_and_no_compressible_layer_are_errors():
+    model = TinyModel()
+    sites = discover_sites(model, make_batches(1)[0], forward)
     with pytest.raises(ValueError, match="batches: the calibration set is empty"):
-        calibrate(TinyModel(), [], forward)
-    with pytest.raises(ValueError, match="model: no nn.Linear layer was called"):
-        calibrate(nn.Sequential(nn.ReLU()), [{"x": torch.randn(2, 3)}], lambda m, b: m(b["x"]))
+        calibrate(model, [], forward, sites)
+    with pytest.raises(ValueError, match="model: no compressible layer"):
+        discover_sites(nn.Sequential(nn.ReLU()), {"x": torch.randn(2, 3)}, lambda m, b: m(b["x"]))

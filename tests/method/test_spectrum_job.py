@@ -15,9 +15,11 @@ def test_minilm_sst2_spectrum(tmp_path, capsys):
     assert main(["--data", str(SST2), "--out", str(tmp_path), "--samples", "96", "--batch-size", "48",
                  "--threshold", "tracy_widom"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["sentences"] == 96 and len(report["sites"]) == 24  # 6 layers × (QKV, attn-out, FFN1, FFN2)
-    qkv = report["sites"][0]
-    assert qkv["linears"] == [f"encoder.layer.0.attention.self.{m}" for m in ("query", "key", "value")]
+    # word embeddings, then 6 layers × (QKV, attention output, FFN in, FFN out)
+    assert report["sentences"] == 96 and len(report["sites"]) == 25
+    assert report["sites"][0]["modules"] == ["embeddings.word_embeddings"]
+    qkv = report["sites"][1]
+    assert qkv["modules"] == [f"encoder.layer.0.attention.self.{m}" for m in ("query", "key", "value")]
     for site in report["sites"]:
         assert 0 < site["k"] < site["d"] and site["threshold_rule"] == "tracy_widom"
         assert (tmp_path / site["plot"]).stat().st_size > 10_000

@@ -1,0 +1,55 @@
+"""Model surgery: replace a site's modules by their rank-k projected versions, and count what that saves.
+
+A Linear site becomes ProjectedLinear modules sharing one basis Parameter (a transformer's Q/K/V keep one P);
+a Conv2d site becomes ProjectedConv2d modules sharing one 1×1 projection; an Embedding becomes a
+FactorizedEmbedding. Shared parameters are counted once, as ``model.parameters()`` counts them.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from rmtkd.calibration import Site
+from rmtkd.layers import FactorizedEmbedding, ProjectedConv2d
+from rmtkd_kernels import ProjectedLinear
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def site_parameters(model: nn.Module, site: Site, k: int) -> tuple[int, int]:
+    """(parameters of the site's modules now, parameters after a rank-k rewrite)."""
+    members = [model.get_submodule(name) for name in site.names]
+    before = sum(_numel(m) for m in members)
+    if site.kind == "linear":
+        after = site.dim * k + sum(k * m.out_features + (m.out_features if m.bias is not None else 0) for m in members)
+    elif site.kind == "conv2d":
+        after = site.dim * k + sum(m.out_channels * (k * m.kernel_size[0] * m.kernel_size[1] + 1) for m in members)
+    else:
+        (embedding,) = members
+        after = embedding.num_embeddings * k + site.dim * k + site.dim
+    return before, after
+
+
+def rewrite_site(model: nn.Module, site: Site, basis: Tensor, mean: Tensor) -> None:
+    """Replace the site's modules in place by their projections onto ``basis`` (d × k), ``mean`` folded in."""
+    if basis.dim() != 2 or basis.shape[0] != site.dim or basis.shape[1] < 1:
+        raise ValueError(f"basis: expected shape ({site.dim}, k >= 1) for site {site.name}, got {tuple(basis.shape)}")
+    members = [model.get_submodule(name) for name in site.names]
+    if site.kind == "linear":
+        new = [ProjectedLinear.from_linear(m, basis.to(m.weight.device, m.weight.dtype), mean) for m in members]
+        for module in new[1:]:
+            module.basis = new[0].basis
+    elif site.kind == "conv2d":
+        new = [ProjectedConv2d.from_conv(m, basis, mean) for m in members]
+        for module in new[1:]:
+            module.project = new[0].project
+    else:
+        new = [FactorizedEmbedding.from_embedding(members[0], basis, mean)]
+    for name, module in zip(site.names, new):
+        set_submodule(model, name, module)

@@ -1,0 +1,149 @@
+"""Site rewrites: full rank reproduces the model, the true rank of low-rank activations is exact, counts are right."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rmtkd.calibration import calibrate, discover_sites
+from rmtkd.layers import FactorizedEmbedding, ProjectedConv2d
+from rmtkd.surgery import rewrite_site, site_parameters
+from rmtkd_kernels import ProjectedLinear
+
+
+class TextModel(nn.Module):
+    """Embedding → shared-input Linears (q, k) → Linear head; a batch is {"ids", "attention_mask"}."""
+
+    def __init__(self, vocab: int = 50, d: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d, padding_idx=0)
+        self.q, self.k = nn.Linear(d, 24), nn.Linear(d, 24)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, ids, attention_mask=None):
+        h = self.embed(ids)
+        return self.head(torch.tanh(self.q(h)) * self.k(h)).mean(1)
+
+
+class ConvModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)
+        self.a, self.b = nn.Conv2d(12, 10, 3, padding=1), nn.Conv2d(12, 10, 1)  # both read the stem's output
+        self.depthwise = nn.Conv2d(10, 10, 3, padding=1, groups=10)  # never a site
+
+    def forward(self, images):
+        h = torch.relu(self.stem(images))
+        return self.depthwise(self.a(h) + self.b(h))
+
+
+def text_forward(model, batch):
+    return model(batch["ids"], batch["attention_mask"])
+
+
+def conv_forward(model, batch):
+    return model(batch["images"])
+
+
+def text_batches():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 50, (6, 9), generator=generator)
+    mask = torch.ones(6, 9, dtype=torch.long)
+    mask[:, 7:] = 0
+    ids[:, 7:] = 0
+    return [{"ids": ids[i:i + 3], "attention_mask": mask[i:i + 3]} for i in (0, 3)]
+
+
+def calibrated(model, batches, forward):
+    sites = discover_sites(model, batches[0], forward)
+    calibrate(model, batches, forward, sites)
+    return sites
+
+
+def full_basis(site):
+    return torch.linalg.eigh(site.accumulator.covariance())[1].flip(1)
+
+
+def test_sites_of_every_kind_are_found():
+    sites = calibrated(TextModel(), text_batches(), text_forward)
+    assert [(s.kind, s.names) for s in sites] == [("embedding", ["embed"]), ("linear", ["q", "k"]),
+                                                  ("linear", ["head"])]
+    conv_sites = discover_sites(ConvModel(), {"images": torch.randn(2, 3, 8, 8)}, conv_forward)
+    assert [(s.kind, s.names, s.dim) for s in conv_sites] == [("conv2d", ["stem"], 3), ("conv2d", ["a", "b"], 12)]
+
+
+def test_full_rank_rewrite_reproduces_outputs_and_counts_match():
+    torch.manual_seed(0)
+    model = TextModel()
+    batches = text_batches()
+    reference = text_forward(model, batches[0]).detach()
+    sites = calibrated(model, batches, text_forward)
+    for site in sites:
+        before, after = site_parameters(model, site, site.dim)
+        total_before = sum(p.numel() for p in model.parameters())
+        rewrite_site(model, site, full_basis(site), site.accumulator.mean())
+        assert sum(p.numel() for p in model.parameters()) == total_before - before + after, site.name
+    assert isinstance(model.embed, FactorizedEmbedding) and isinstance(model.q, ProjectedLinear)
+    assert model.q.basis is model.k.basis  # Q and K share one projection
+    torch.testing.assert_close(text_forward(model, batches[0]), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_true_rank_of_low_rank_activations_is_exact():
+    """Embedding rows on a rank-4 affine subspace: k = 4 reproduces every layer exactly."""
+    torch.manual_seed(1)
+    model = TextModel()
+    with torch.no_grad():
+        model.embed.weight.copy_(torch.randn(50, 4) @ torch.randn(4, 16) + torch.randn(16))
+    batches = text_batches()
+    reference = text_forward(model, batches[0]).detach()
+    sites = calibrated(model, batches, text_forward)
+    for site in sites[:2]:  # the embedding's output and the q/k input live in the rank-4 subspace
+        values, vectors = torch.linalg.eigh(site.accumulator.covariance())
+        assert (values[:-4].abs() < 1e-5 * values[-1]).all()
+        rewrite_site(model, site, vectors[:, -4:], site.accumulator.mean())
+    torch.testing.assert_close(text_forward(model, batches[0]), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_rewrite_full_rank_and_counts():
+    torch.manual_seed(2)
+    model = ConvModel()
+    batch = {"images": torch.randn(4, 3, 10, 10)}
+    reference = conv_forward(model, batch).detach()
+    sites = calibrated(model, [batch], conv_forward)
+    for site in sites:
+        total = sum(p.numel() for p in model.parameters())
+        before, after = site_parameters(model, site, site.dim)
+        rewrite_site(model, site, full_basis(site), site.accumulator.mean())
+        assert sum(p.numel() for p in model.parameters()) == total - before + after
+    assert isinstance(model.a, ProjectedConv2d) and model.a.project is model.b.project
+    torch.testing.assert_close(conv_forward(model, batch), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_mean_bias_is_exact_away_from_borders():
+    torch.manual_seed(3)
+    conv = nn.Conv2d(6, 5, 3, padding=1)
+    mean = torch.randn(6)
+    basis = torch.linalg.qr(torch.randn(6, 2))[0]
+    x = mean[None, :, None, None] + torch.einsum("ck,nkhw->nchw", basis, torch.randn(2, 2, 9, 9))
+    projected = ProjectedConv2d.from_conv(conv, basis, mean)
+    torch.testing.assert_close(projected(x)[..., 1:-1, 1:-1], conv(x)[..., 1:-1, 1:-1], rtol=1e-5, atol=1e-5)
+
+
+def test_parameter_counts_of_a_rank_k_rewrite():
+    model = TextModel()
+    sites = discover_sites(model, text_batches()[0], text_forward)
+    assert site_parameters(model, sites[0], 5) == (50 * 16, 50 * 5 + 16 * 5 + 16)
+    assert site_parameters(model, sites[1], 5) == (2 * (16 * 24 + 24), 16 * 5 + 2 * (5 * 24 + 24))
+    conv_model = ConvModel()
+    conv_sites = discover_sites(conv_model, {"images": torch.randn(1, 3, 4, 4)}, conv_forward)
+    assert site_parameters(conv_model, conv_sites[1], 4) == (10 * 12 * 9 + 10 + 10 * 12 + 10,
+                                                             12 * 4 + 10 * (4 * 9 + 1) + 10 * (4 + 1))
+
+
+def test_bad_basis_is_named():
+    model = TextModel()
+    sites = discover_sites(model, text_batches()[0], text_forward)
+    with pytest.raises(ValueError, match=r"basis: expected shape \(16, k >= 1\) for site \{q,k\}"):
+        rewrite_site(model, sites[1], torch.zeros(15, 3), torch.zeros(16))
+    with pytest.raises(ValueError, match="conv: expected groups=1"):
+        ProjectedConv2d(nn.Conv2d(4, 4, 3, groups=4), 2)
