@@ -6,6 +6,9 @@ FactorizedEmbedding. Shared parameters are counted once, as ``model.parameters()
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any
+
 from torch import Tensor, nn
 
 from rmtkd.calibration import Site
@@ -36,20 +39,62 @@ def site_parameters(model: nn.Module, site: Site, k: int) -> tuple[int, int]:
     return before, after
 
 
-def rewrite_site(model: nn.Module, site: Site, basis: Tensor, mean: Tensor) -> None:
+@dataclass(frozen=True)
+class Rewrite:
+    """What one applied rewrite changed: enough to rebuild the compressed architecture from the original."""
+
+    kind: str
+    names: tuple[str, ...]
+    dim: int
+    rank: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "names": list(self.names)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Rewrite":
+        return cls(kind=data["kind"], names=tuple(data["names"]), dim=int(data["dim"]), rank=int(data["rank"]))
+
+
+def _install(model: nn.Module, kind: str, names: list[str] | tuple[str, ...], new: list[nn.Module]) -> None:
+    """Put the replacements in place; members of one site share its projection parameters."""
+    for module in new[1:]:
+        if kind == "linear":
+            module.basis = new[0].basis
+        elif kind == "conv2d":
+            module.project = new[0].project
+    for name, module in zip(names, new):
+        set_submodule(model, name, module)
+
+
+def rewrite_site(model: nn.Module, site: Site, basis: Tensor, mean: Tensor) -> Rewrite:
     """Replace the site's modules in place by their projections onto ``basis`` (d × k), ``mean`` folded in."""
     if basis.dim() != 2 or basis.shape[0] != site.dim or basis.shape[1] < 1:
         raise ValueError(f"basis: expected shape ({site.dim}, k >= 1) for site {site.name}, got {tuple(basis.shape)}")
     members = [model.get_submodule(name) for name in site.names]
     if site.kind == "linear":
         new = [ProjectedLinear.from_linear(m, basis.to(m.weight.device, m.weight.dtype), mean) for m in members]
-        for module in new[1:]:
-            module.basis = new[0].basis
     elif site.kind == "conv2d":
         new = [ProjectedConv2d.from_conv(m, basis, mean) for m in members]
-        for module in new[1:]:
-            module.project = new[0].project
     else:
         new = [FactorizedEmbedding.from_embedding(members[0], basis, mean)]
-    for name, module in zip(site.names, new):
-        set_submodule(model, name, module)
+    _install(model, site.kind, site.names, new)
+    return Rewrite(kind=site.kind, names=tuple(site.names), dim=site.dim, rank=basis.shape[1])
+
+
+def apply_structure(model: nn.Module, rewrite: Rewrite) -> None:
+    """Rebuild a rewrite's module shapes on an uncompressed model (values are loaded afterwards)."""
+    members = [model.get_submodule(name) for name in rewrite.names]
+    k = rewrite.rank
+    if rewrite.kind == "linear":
+        new = [ProjectedLinear(m.in_features, m.out_features, k, bias=m.bias is not None, device=m.weight.device,
+                               dtype=m.weight.dtype) for m in members]
+    elif rewrite.kind == "conv2d":
+        new = [ProjectedConv2d(m, k) for m in members]
+    elif rewrite.kind == "embedding":
+        e = members[0]
+        new = [FactorizedEmbedding(e.num_embeddings, e.embedding_dim, k, e.padding_idx, device=e.weight.device,
+                                   dtype=e.weight.dtype)]
+    else:
+        raise ValueError(f"rewrite.kind: expected linear, conv2d or embedding, got {rewrite.kind!r}")
+    _install(model, rewrite.kind, rewrite.names, new)

@@ -1,0 +1,259 @@
+"""The RMT-KD loop: calibrate → select → project → self-distill → evaluate, one site (or block) at a time.
+
+Steps go shallow to deep in forward order. A step's teacher is the model as it was before the step (a frozen
+copy), so a step that breaks the accuracy budget or whose distillation diverges is rolled back by keeping that
+copy. The loop stops at the parameter target or when every site has been tried. After every step the model,
+the applied rewrites and the report are checkpointed (atomically); re-running on the same output folder
+resumes after the last completed step. Each step seeds torch with (seed, step) before it runs, so a resumed
+run reaches the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from rmtkd.calibration import Forward, Include, Site, calibrate, discover_sites
+from rmtkd.distill import DistillConfig, NonFiniteLoss, distill
+from rmtkd.persistence import load_compressed, read_meta, save_compressed
+from rmtkd.spectral import select_subspace
+from rmtkd.surgery import Rewrite, rewrite_site, site_parameters
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    noise: str = "debiased_median"
+    threshold: str = "mp_edge"
+    tau: float = 0.5
+    alpha: float = 0.01  # Tracy–Widom false-alarm rate
+    n_eff: str = "tokens"  # "tokens" | "sequences" (calibration sequences per site)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    target_reduction: Optional[float] = None  # stop once total parameters fell by this fraction
+    max_accuracy_drop: Optional[float] = None  # roll back a step whose accuracy is this far below the original
+    granularity: str = "site"  # "site" or "block" (the task's block_of groups sites)
+    seed: int = 0
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Task:
+    """A model and its data, as the loop needs them. Batches are dicts of tensors; labels under ``label_key``."""
+
+    model: nn.Module
+    logits: Forward  # logits(model, batch) -> (batch, classes)
+    train_batches: Callable[[int], Iterable[dict]]  # seed -> labelled training batches for distillation
+    calibration_batches: list[dict]
+    eval_batches: list[dict]
+    architecture: dict[str, Any]  # what build() needs to make the original model without its weights
+    build: Callable[[dict[str, Any]], nn.Module]
+    include: Include = lambda name, module: True
+    block_of: Callable[[Site], str] = lambda site: site.name
+    label_key: str = "labels"
+    mask_key: Optional[str] = "attention_mask"
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, task: Task) -> float:
+    model.eval()
+    correct = total = 0
+    for batch in task.eval_batches:
+        predicted = task.logits(model, batch).argmax(-1).cpu()
+        labels = batch[task.label_key].cpu()
+        correct += int((predicted == labels).sum())
+        total += labels.numel()
+    return correct / total
+
+
+@torch.no_grad()
+def forward_flops(model: nn.Module, task: Task) -> int:
+    """FLOPs of one forward over the first evaluation batch, as torch's FlopCounterMode counts them."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        task.logits(model, task.eval_batches[0])
+    return int(counter.get_total_flops())
+
+
+def _step_groups(sites: list[Site], task: Task, granularity: str) -> list[list[Site]]:
+    if granularity == "site":
+        return [[site] for site in sites]
+    if granularity != "block":
+        raise ValueError(f"granularity: expected 'site' or 'block', got {granularity!r}")
+    groups: dict[str, list[Site]] = {}
+    for site in sites:
+        groups.setdefault(task.block_of(site), []).append(site)
+    return list(groups.values())
+
+
+def _n_eff(site: Site, how: str, sequences: int) -> Optional[float]:
+    if how == "tokens":
+        return None
+    if how == "sequences":
+        return float(min(sequences, site.accumulator.count))
+    raise ValueError(f"n_eff: expected 'tokens' or 'sequences', got {how!r}")
+
+
+def _save_checkpoint(out_dir: Path, model: nn.Module, task: Task, state: dict[str, Any]) -> None:
+    save_compressed(model, [Rewrite.from_dict(r) for r in state["rewrites"]], out_dir / CHECKPOINT,
+                    task.architecture, extra={"loop": state})
+
+
+def _resume(out_dir: Path, task: Task, fingerprint: str) -> Optional[tuple[nn.Module, dict[str, Any]]]:
+    path = out_dir / CHECKPOINT
+    if not path.exists():
+        return None
+    state = read_meta(path)["loop"]
+    if state["fingerprint"] != fingerprint:
+        raise ValueError(f"out_dir: {out_dir} holds a run with different settings (fingerprint "
+                         f"{state['fingerprint']}, this run {fingerprint}); use another folder")
+    model, _ = load_compressed(path, task.build)
+    device = next(task.model.parameters()).device
+    return model.to(device), state
+
+
+def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
+             progress: Callable[[Iterable, int, str], Iterable] = lambda it, total, desc: it,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) RMT-KD on ``task``; returns the report, also written to out_dir/report.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = config.fingerprint()
+    resumed = _resume(out_dir, task, fingerprint)
+    original = task.model
+    original_params = count_parameters(original)
+    sites = discover_sites(original, task.calibration_batches[0], task.logits, task.include)
+    groups = _step_groups(sites, task, config.granularity)
+    if resumed is None:
+        model = original
+        state: dict[str, Any] = {
+            "fingerprint": fingerprint, "next_step": 0, "rewrites": [], "steps": [],
+            "original": {"parameters": original_params, "accuracy": accuracy(model, task),
+                         "flops": forward_flops(model, task)},
+        }
+        log(f"original: {original_params:,} parameters, accuracy {state['original']['accuracy']:.4f}")
+    else:
+        model, state = resumed
+        log(f"resuming after step {state['next_step']} of {len(groups)} from {out_dir / CHECKPOINT}")
+    target = None if config.target_reduction is None else original_params * (1 - config.target_reduction)
+    for index in range(state["next_step"], len(groups)):
+        if target is not None and count_parameters(model) <= target:
+            state["stopped"] = f"parameter target reached ({count_parameters(model):,} <= {target:,.0f})"
+            break
+        torch.manual_seed(config.seed * 100_003 + index)
+        model, record = _run_step(model, groups[index], task, config, state, progress)
+        state["steps"].append(record)
+        state["next_step"] = index + 1
+        _save_checkpoint(out_dir, model, task, state)
+        log(f"step {index + 1}/{len(groups)} {record['sites'][0]['site']}{'…' if len(record['sites']) > 1 else ''}: "
+            f"{record['outcome']}, parameters {record['parameters_after']:,}, accuracy "
+            f"{record.get('accuracy_after', float('nan')):.4f}")
+    else:
+        state.setdefault("stopped", "every site tried")
+    report = _final_report(model, task, state)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_compressed(model, [Rewrite.from_dict(r) for r in state["rewrites"]], out_dir / "model", task.architecture,
+                    extra={"report": {k: report[k] for k in ("original", "final")}})
+    task.model = model
+    return report
+
+
+def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfig, state: dict[str, Any],
+              progress) -> tuple[nn.Module, dict[str, Any]]:
+    """One step on ``group``; returns the model to continue with (the student, or the teacher on rollback)."""
+    started = time.perf_counter()
+    params_before = count_parameters(model)
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    current = {name for r in state["rewrites"] for name in r["names"]}
+    group = [s for s in group if not set(s.names) & current]
+    calibration = calibrate(model, task.calibration_batches, task.logits, group, mask_key=task.mask_key,
+                            progress=lambda it: progress(it, len(task.calibration_batches), "calibrating"))
+    sel = config.selection
+    decisions, rewrites = [], []
+    for site in group:
+        selection = select_subspace(site.accumulator, noise=sel.noise, threshold=sel.threshold, tau=sel.tau,
+                                    alpha=sel.alpha, n_eff=_n_eff(site, sel.n_eff, calibration.sequences))
+        before, after = site_parameters(model, site, max(selection.k, 1))
+        decision = {"site": site.name, "kind": site.kind, "modules": site.names, **selection.to_dict(),
+                    "parameters_before": before, "parameters_after": after}
+        decision.pop("kept_eigenvalues")
+        if selection.k == 0:
+            decision["action"] = "skipped: k = 0 (projecting onto nothing would cut the layer off its input)"
+        elif after >= before:
+            decision["action"] = f"skipped: rank {selection.k} of {site.dim} would not reduce parameters"
+        else:
+            rewrites.append(rewrite_site(model, site, selection.basis.float(), selection.mean))
+            decision["action"] = "projected"
+        decisions.append(decision)
+    record: dict[str, Any] = {"step": state["next_step"] + 1, "sites": decisions, "parameters_before": params_before}
+    for site in group:
+        site.accumulator = None  # the O(d²) statistics are no longer needed
+    if not rewrites:
+        record.update(outcome="nothing to compress", parameters_after=params_before,
+                      seconds=time.perf_counter() - started)
+        return model, record
+    accuracy_projected = accuracy(model, task)
+    try:
+        record["distillation"] = distill(model, teacher, task.train_batches(state["next_step"]), task.logits,
+                                         config.distill, label_key=task.label_key,
+                                         progress=lambda it, total: progress(it, total, "distilling"))
+    except NonFiniteLoss as error:
+        return _rolled_back(record, teacher, f"rolled back: {error}", started, params_before)
+    accuracy_after = accuracy(model, task)
+    record.update(accuracy_projected=accuracy_projected, accuracy_after=accuracy_after,
+                  parameters_after=count_parameters(model), flops_after=forward_flops(model, task))
+    drop = state["original"]["accuracy"] - accuracy_after
+    if config.max_accuracy_drop is not None and drop > config.max_accuracy_drop:
+        return _rolled_back(record, teacher, f"rolled back: accuracy drop {drop:.4f} exceeds the budget "
+                            f"{config.max_accuracy_drop:.4f}", started, params_before)
+    state["rewrites"].extend(r.to_dict() for r in rewrites)
+    record.update(outcome="kept", seconds=time.perf_counter() - started)
+    return model, record
+
+
+def teacher_to_model(teacher: nn.Module) -> nn.Module:
+    """The frozen pre-step copy, made trainable again to continue the loop with."""
+    for p in teacher.parameters():
+        p.requires_grad_(True)
+    return teacher
+
+
+def _rolled_back(record: dict[str, Any], teacher: nn.Module, outcome: str, started: float,
+                 params_before: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The model before the step (the teacher) is kept; the record says why."""
+    record.update(outcome=outcome, parameters_after=params_before, seconds=time.perf_counter() - started)
+    return teacher_to_model(teacher), record
+
+
+def _final_report(model: nn.Module, task: Task, state: dict[str, Any]) -> dict[str, Any]:
+    params = count_parameters(model)
+    original = state["original"]
+    final = {"parameters": params, "accuracy": accuracy(model, task), "flops": forward_flops(model, task)}
+    return {
+        "original": original, "final": final,
+        "parameter_reduction": 1 - params / original["parameters"],
+        "accuracy_change": final["accuracy"] - original["accuracy"],
+        "stopped": state.get("stopped"), "steps": state["steps"], "rewrites": state["rewrites"],
+    }
+

@@ -1,0 +1,142 @@
+"""The compression loop on a small model: steps, report, save/load, resume after a crash, rollbacks."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from rmtkd.distill import DistillConfig, distillation_loss
+from rmtkd.loop import LoopConfig, SelectionConfig, Task, compress, count_parameters
+from rmtkd.persistence import load_compressed
+
+VOCAB, SEQ, D = 64, 10, 32
+
+
+class Classifier(nn.Module):
+    def __init__(self, vocab: int = VOCAB, d: int = D, classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        scores = self.q(h) @ self.k(h).transpose(1, 2) / D**0.5 + (mask[:, None, :] - 1) * 1e4
+        h = h + torch.softmax(scores, -1) @ self.v(h)
+        h = h + self.down(torch.relu(self.up(h)))
+        return self.head((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+
+
+def logits(model, batch):
+    return model(batch["ids"], batch["attention_mask"].float())
+
+
+def make_batches(count: int, seed: int, batch: int = 16):
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        ids = torch.randint(0, VOCAB, (batch, SEQ), generator=generator)
+        lengths = torch.randint(4, SEQ + 1, (batch, 1), generator=generator)
+        mask = (torch.arange(SEQ) < lengths).long()
+        out.append({"ids": ids, "attention_mask": mask, "labels": ids[:, 0] % 3})
+    return out
+
+
+def trained_task(seed: int = 0) -> Task:
+    torch.manual_seed(seed)
+    model = Classifier()
+    train = make_batches(30, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for batch in train:
+        loss = nn.functional.cross_entropy(logits(model, batch), batch["labels"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return Task(
+        model=model, logits=logits,
+        train_batches=lambda step: make_batches(4, 100 + step),
+        calibration_batches=make_batches(8, 2), eval_batches=make_batches(4, 3),
+        architecture={"vocab": VOCAB, "d": D}, build=lambda arch: Classifier(arch["vocab"], arch["d"]),
+        include=lambda name, module: name != "head",
+    )
+
+
+CONFIG = LoopConfig(selection=SelectionConfig(noise="quantile", tau=0.5),  # aggressive on purpose: small model
+                    distill=DistillConfig(steps=5, lr=1e-3))
+
+
+def test_loop_compresses_reports_and_saves(tmp_path):
+    task = trained_task()
+    before = count_parameters(task.model)
+    report = compress(task, CONFIG, tmp_path, log=lambda message: None)
+    assert [s["sites"][0]["site"] for s in report["steps"]] == ["embed", "{q,k,v}", "up", "down"]
+    kept = [s for s in report["steps"] if s["outcome"] == "kept"]
+    assert kept and report["final"]["parameters"] < before and report["parameter_reduction"] > 0
+    for step in kept:
+        assert step["parameters_after"] < step["parameters_before"] and 0 <= step["accuracy_after"] <= 1
+        assert step["distillation"]["steps"] == 5 and step["flops_after"] > 0
+        assert all({"k", "d", "sigma2", "edge", "action"} <= set(site) for site in step["sites"])
+    assert json.loads((tmp_path / "report.json").read_text())["final"] == report["final"]
+    loaded, meta = load_compressed(tmp_path / "model", task.build)
+    assert meta["rewrites"] == report["rewrites"] and count_parameters(loaded) == report["final"]["parameters"]
+    batch = task.eval_batches[0]
+    assert torch.equal(logits(loaded, batch), logits(task.model.eval(), batch))
+
+
+def test_resume_after_crash_reaches_the_same_weights(tmp_path):
+    uninterrupted = trained_task()
+    compress(uninterrupted, CONFIG, tmp_path / "a", log=lambda message: None)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_first_step(message: str) -> None:
+        if message.startswith("step 2/"):
+            raise Crash()
+
+    interrupted = trained_task()
+    with pytest.raises(Crash):
+        compress(interrupted, CONFIG, tmp_path / "b", log=crash_after_first_step)
+    messages = []
+    resumed = trained_task()
+    compress(resumed, CONFIG, tmp_path / "b", log=messages.append)
+    assert messages[0].startswith("resuming after step 2 of 4")
+    expected, actual = uninterrupted.model.state_dict(), resumed.model.state_dict()
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+def test_accuracy_budget_rolls_back_every_step(tmp_path):
+    task = trained_task()
+    before = count_parameters(task.model)
+    strict = LoopConfig(selection=CONFIG.selection, distill=CONFIG.distill, max_accuracy_drop=-1.0)
+    report = compress(task, strict, tmp_path, log=lambda message: None)
+    assert report["final"]["parameters"] == before and report["rewrites"] == []
+    assert all(s["outcome"].startswith("rolled back: accuracy drop") for s in report["steps"]
+               if s["outcome"] != "nothing to compress")
+
+
+def test_diverging_distillation_is_rolled_back(tmp_path):
+    task = trained_task()
+    wild = LoopConfig(selection=CONFIG.selection, distill=DistillConfig(steps=4, lr=1e30, max_grad_norm=1e30))
+    report = compress(task, wild, tmp_path, log=lambda message: None)
+    assert any(s["outcome"].startswith("rolled back: distillation loss is") for s in report["steps"]), (
+        [s["outcome"] for s in report["steps"]])
+    assert torch.isfinite(logits(task.model, task.eval_batches[0])).all()
+
+
+def test_other_settings_on_the_same_folder_are_refused(tmp_path):
+    task = trained_task()
+    compress(task, CONFIG, tmp_path, log=lambda message: None)
+    other = LoopConfig(selection=CONFIG.selection, distill=DistillConfig(steps=6, lr=1e-3))
+    with pytest.raises(ValueError, match="out_dir: .* holds a run with different settings"):
+        compress(trained_task(), other, tmp_path, log=lambda message: None)
+
+
+def test_labels_outside_the_head_are_named():
+    with pytest.raises(ValueError, match=r"labels: expected class ids in \[0, 2\]"):
+        distillation_loss(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 3, 2]), 0.7, 1.0)
