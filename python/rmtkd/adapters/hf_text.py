@@ -1,0 +1,103 @@
+"""Adapter for Hugging Face BERT-family encoders with a sequence-classification head.
+
+Sites: the word embeddings and every Linear inside the encoder (Q/K/V share one site); the pooler and the
+classifier head are left alone. Blocks: "embeddings" and "encoder.layer.N". Models load offline
+(HF_HUB_OFFLINE=1); nothing is downloaded.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import nn
+
+from rmtkd.calibration import Site
+
+ADAPTER = "hf-sequence-classification"
+
+
+def _transformers():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    return transformers
+
+
+def load_classifier(path: str, num_labels: int) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) from a local folder; a new head of ``num_labels`` outputs if the folder has none."""
+    transformers = _transformers()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"model: {path} is not a Hugging Face sequence-classification model folder ({error})") from None
+    return model, tokenizer
+
+
+def architecture(model: nn.Module) -> dict[str, Any]:
+    return {"adapter": ADAPTER, "config": model.config.to_dict()}
+
+
+def build(arch: dict[str, Any]) -> nn.Module:
+    """The original architecture, randomly initialised, from ``architecture(model)``."""
+    transformers = _transformers()
+    config = dict(arch["config"])
+    config_class = transformers.AutoConfig.for_model(config.pop("model_type")).__class__
+    return transformers.AutoModelForSequenceClassification.from_config(config_class.from_dict(config))
+
+
+def include(name: str, module: nn.Module) -> bool:
+    return name.endswith("embeddings.word_embeddings") or ".encoder." in f".{name}."
+
+
+def block_of(site: Site) -> str:
+    match = re.search(r"encoder\.layer\.(\d+)\.", site.names[0])
+    return f"encoder.layer.{match.group(1)}" if match else "embeddings"
+
+
+def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return model(**inputs).logits
+
+
+def batches(tokenizer, texts: list[str], labels: Optional[list[int]], batch_size: int, max_len: int,
+            shuffle_seed: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
+    """Tokenised batches (padding to the longest in the batch); shuffled first if a seed is given."""
+    order = list(range(len(texts)))
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(order)
+    out = []
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        batch = dict(tokenizer([texts[i] for i in index], padding=True, truncation=True, max_length=max_len,
+                               return_tensors="pt"))
+        if labels is not None:
+            batch["labels"] = torch.tensor([labels[i] for i in index])
+        out.append(batch)
+    return out
+
+
+def fine_tune(model: nn.Module, train: Iterable[dict], epochs: int = 1, lr: float = 5e-5,
+              progress=lambda it, total: it) -> list[float]:
+    """Plain fine-tuning of a fresh head (AdamW, linear decay): the teacher RMT-KD starts from."""
+    train = list(train)
+    total = epochs * len(train)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total)
+    device = next(model.parameters()).device
+    model.train()
+    losses = []
+    for batch in progress((b for _ in range(epochs) for b in train), total):
+        loss = nn.functional.cross_entropy(logits(model, batch), batch["labels"].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
