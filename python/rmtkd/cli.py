@@ -9,6 +9,7 @@ OUT/model (the compressed model) and print a summary. User errors exit with one 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -18,9 +19,12 @@ from typing import Optional
 import torch
 
 from rmtkd.adapters import hf_text
+from rmtkd.baselines import run_baselines
 from rmtkd.data import read_text_table
 from rmtkd.distill import DistillConfig
 from rmtkd.loop import LoopConfig, SelectionConfig, Task, compress
+from rmtkd.metrics import latency_ms
+from rmtkd.persistence import write_text_atomically
 from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS
 from rmtkd.spectrum import default_model_path
 
@@ -87,13 +91,35 @@ def compress_command(args: argparse.Namespace) -> int:
         target_reduction=args.target_reduction, max_accuracy_drop=args.max_accuracy_drop,
         granularity=args.granularity, seed=args.seed,
     )
-    report = compress(task, config, out, progress=_progress)
-    original, final = report["original"], report["final"]
-    print(f"\nparameters {original['parameters']:,} -> {final['parameters']:,} "
-          f"({100 * report['parameter_reduction']:.1f}% fewer); accuracy {100 * original['accuracy']:.2f} -> "
-          f"{100 * final['accuracy']:.2f}; forward FLOPs {original['flops']:.3g} -> {final['flops']:.3g}")
-    print(f"report: {out / 'report.json'}; compressed model: {out / 'model'}")
+    compressed, report = compress(task, config, out, progress=_progress)
+    probe = dict(tokenizer([eval_texts[0]], padding="max_length", truncation=True, max_length=args.latency_seq_len,
+                           return_tensors="pt"))
+    report["latency_ms"] = {"batch": 1, "seq_len": args.latency_seq_len, "device": str(args.device),
+                            "original": latency_ms(model, lambda m: hf_text.logits(m, probe)),
+                            "compressed": latency_ms(compressed, lambda m: hf_text.logits(m, probe))}
+    if args.baselines:
+        report["baselines"] = run_baselines(task, report, progress=_progress)
+    write_text_atomically(out / "report.json", json.dumps(report, indent=2) + "\n")
+    print("\n" + summary_table(report))
+    print(f"\nreport: {out / 'report.json'}; compressed model: {out / 'model'}")
     return 0
+
+
+def summary_table(report: dict) -> str:
+    """Markdown: original, RMT-KD and (if run) the baselines: parameters, reduction, accuracy."""
+    original = report["original"]
+    rows = [("original", original["parameters"], original["accuracy"]),
+            ("RMT-KD", report["final"]["parameters"], report["final"]["accuracy"])]
+    rows += [(b["method"], b["parameters"], b["accuracy"]) for b in report.get("baselines", [])]
+    lines = ["| model | parameters | reduction | accuracy |", "|---|---|---|---|"]
+    for name, params, acc in rows:
+        lines.append(f"| {name} | {params:,} | {100 * (1 - params / original['parameters']):.1f}% | {100 * acc:.2f} |")
+    latency = report.get("latency_ms")
+    if latency:
+        lines.append(f"\nlatency (batch {latency['batch']}, seq {latency['seq_len']}, {latency['device']}): "
+                     f"{latency['original']:.1f} ms -> {latency['compressed']:.1f} ms "
+                     f"({latency['original'] / latency['compressed']:.2f}x)")
+    return "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -125,6 +151,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--target-reduction", type=float, default=None, help="stop at this fraction fewer parameters")
     c.add_argument("--max-accuracy-drop", type=float, default=None, help="roll back steps beyond this drop (0-1)")
     c.add_argument("--granularity", choices=("site", "block"), default="block")
+    c.add_argument("--baselines", action="store_true",
+                   help="also run weight SVD, activation PCA and fixed-fraction PCA at RMT-KD's size")
+    c.add_argument("--latency-seq-len", type=int, default=128, help="sequence length of the batch-1 latency probe")
     c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     c.add_argument("--seed", type=int, default=0)
     return top

@@ -19,11 +19,11 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from rmtkd.calibration import Forward, Include, Site, calibrate, discover_sites
 from rmtkd.distill import DistillConfig, NonFiniteLoss, distill
-from rmtkd.persistence import load_compressed, read_meta, save_compressed
+from rmtkd.metrics import accuracy, count_parameters, forward_flops
+from rmtkd.persistence import load_compressed, read_meta, save_compressed, write_text_atomically
 from rmtkd.spectral import select_subspace
 from rmtkd.surgery import Rewrite, rewrite_site, site_parameters
 
@@ -69,31 +69,6 @@ class Task:
     mask_key: Optional[str] = "attention_mask"
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, task: Task) -> float:
-    model.eval()
-    correct = total = 0
-    for batch in task.eval_batches:
-        predicted = task.logits(model, batch).argmax(-1).cpu()
-        labels = batch[task.label_key].cpu()
-        correct += int((predicted == labels).sum())
-        total += labels.numel()
-    return correct / total
-
-
-@torch.no_grad()
-def forward_flops(model: nn.Module, task: Task) -> int:
-    """FLOPs of one forward over the first evaluation batch, as torch's FlopCounterMode counts them."""
-    counter = FlopCounterMode(display=False)
-    with counter:
-        task.logits(model, task.eval_batches[0])
-    return int(counter.get_total_flops())
-
-
 def _step_groups(sites: list[Site], task: Task, granularity: str) -> list[list[Site]]:
     if granularity == "site":
         return [[site] for site in sites]
@@ -133,8 +108,11 @@ def _resume(out_dir: Path, task: Task, fingerprint: str) -> Optional[tuple[nn.Mo
 
 def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
              progress: Callable[[Iterable, int, str], Iterable] = lambda it, total, desc: it,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) RMT-KD on ``task``; returns the report, also written to out_dir/report.json."""
+             log: Callable[[str], None] = print) -> tuple[nn.Module, dict[str, Any]]:
+    """Run (or resume) RMT-KD on ``task``: (compressed model, report); the report also goes to out_dir.
+
+    ``task.model`` is left as it was: the loop works on a copy.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = config.fingerprint()
@@ -144,7 +122,7 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
     sites = discover_sites(original, task.calibration_batches[0], task.logits, task.include)
     groups = _step_groups(sites, task, config.granularity)
     if resumed is None:
-        model = original
+        model = copy.deepcopy(original)
         state: dict[str, Any] = {
             "fingerprint": fingerprint, "next_step": 0, "rewrites": [], "steps": [],
             "original": {"parameters": original_params, "accuracy": accuracy(model, task),
@@ -170,11 +148,10 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
     else:
         state.setdefault("stopped", "every site tried")
     report = _final_report(model, task, state)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomically(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     save_compressed(model, [Rewrite.from_dict(r) for r in state["rewrites"]], out_dir / "model", task.architecture,
                     extra={"report": {k: report[k] for k in ("original", "final")}})
-    task.model = model
-    return report
+    return model, report
 
 
 def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfig, state: dict[str, Any],

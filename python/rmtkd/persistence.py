@@ -26,6 +26,14 @@ WEIGHTS_FILE = "model.safetensors"
 Builder = Callable[[dict[str, Any]], nn.Module]
 
 
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write a file through a temporary sibling and a rename: readers see the old or the new file, never half."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_folder_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a fresh sibling folder, then swap it in place of ``path``."""
     path = Path(path)

@@ -25,6 +25,7 @@ from rmtkd.calibration import Site, calibrate, discover_sites
 from rmtkd.data import read_text_table
 from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS, SubspaceSelection, select_subspace
 from rmtkd.spectral.plot import plot_spectrum
+from rmtkd.persistence import write_text_atomically
 from rmtkd.surgery import site_parameters
 
 N_EFF_CHOICES = ("tokens", "sequences", "design-effect")
@@ -54,12 +55,6 @@ def site_n_eff(site: Site, how: str, sequences: int) -> Optional[float]:
     if how == "sequences":
         return float(min(sequences, site.accumulator.count))
     return site.design_effect.n_eff()
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def summarise(rows: list[dict], header: str) -> str:

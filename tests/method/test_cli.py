@@ -49,7 +49,7 @@ def test_compress_end_to_end_and_resume(tmp_path, tiny_model, capsys):
     args = ["compress", "--model", str(tiny_model), "--train", str(tmp_path / "train.tsv"),
             "--eval", str(tmp_path / "dev.tsv"), "--out", str(tmp_path / "out"), "--train-samples", "256",
             "--calibration-samples", "96", "--distill-steps", "2", "--max-len", "16", "--noise", "quantile",
-            "--tau", "0.6"]
+            "--tau", "0.6", "--baselines", "--latency-seq-len", "16"]
     assert main(args) == 0
     out = tmp_path / "out"
     report = json.loads((out / "report.json").read_text())
@@ -58,7 +58,10 @@ def test_compress_end_to_end_and_resume(tmp_path, tiny_model, capsys):
     assert (out / "teacher" / "config.json").exists()
     model, meta = load_compressed(out / "model", hf_text.build)
     assert meta["rewrites"] == report["rewrites"] and meta["architecture"]["adapter"] == hf_text.ADAPTER
-    assert "fewer" in capsys.readouterr().out
+    assert [b["method"].split(" ")[0] for b in report["baselines"]] == ["weight_svd", "activation_pca",
+                                                                         "fixed_fraction_pca"]
+    assert report["latency_ms"]["original"] > 0 and report["latency_ms"]["compressed"] > 0
+    assert "| RMT-KD |" in capsys.readouterr().out
 
     assert main(args) == 0  # re-running resumes: every step is done, nothing is recomputed
     assert "resuming after step 3 of 3" in capsys.readouterr().out

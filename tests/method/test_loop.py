@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from rmtkd.distill import DistillConfig, distillation_loss
-from rmtkd.loop import LoopConfig, SelectionConfig, Task, compress, count_parameters
+from rmtkd.loop import LoopConfig, SelectionConfig, Task, compress
+from rmtkd.metrics import count_parameters
 from rmtkd.persistence import load_compressed
 
 VOCAB, SEQ, D = 64, 10, 32
@@ -71,7 +72,8 @@ CONFIG = LoopConfig(selection=SelectionConfig(noise="quantile", tau=0.5),  # agg
 def test_loop_compresses_reports_and_saves(tmp_path):
     task = trained_task()
     before = count_parameters(task.model)
-    report = compress(task, CONFIG, tmp_path, log=lambda message: None)
+    model, report = compress(task, CONFIG, tmp_path, log=lambda message: None)
+    assert count_parameters(task.model) == before  # the caller's model is untouched
     assert [s["sites"][0]["site"] for s in report["steps"]] == ["embed", "{q,k,v}", "up", "down"]
     kept = [s for s in report["steps"] if s["outcome"] == "kept"]
     assert kept and report["final"]["parameters"] < before and report["parameter_reduction"] > 0
@@ -83,12 +85,12 @@ def test_loop_compresses_reports_and_saves(tmp_path):
     loaded, meta = load_compressed(tmp_path / "model", task.build)
     assert meta["rewrites"] == report["rewrites"] and count_parameters(loaded) == report["final"]["parameters"]
     batch = task.eval_batches[0]
-    assert torch.equal(logits(loaded, batch), logits(task.model.eval(), batch))
+    assert torch.equal(logits(loaded, batch), logits(model.eval(), batch))
 
 
 def test_resume_after_crash_reaches_the_same_weights(tmp_path):
     uninterrupted = trained_task()
-    compress(uninterrupted, CONFIG, tmp_path / "a", log=lambda message: None)
+    expected_model, _ = compress(uninterrupted, CONFIG, tmp_path / "a", log=lambda message: None)
 
     class Crash(Exception):
         pass
@@ -102,9 +104,9 @@ def test_resume_after_crash_reaches_the_same_weights(tmp_path):
         compress(interrupted, CONFIG, tmp_path / "b", log=crash_after_first_step)
     messages = []
     resumed = trained_task()
-    compress(resumed, CONFIG, tmp_path / "b", log=messages.append)
+    resumed_model, _ = compress(resumed, CONFIG, tmp_path / "b", log=messages.append)
     assert messages[0].startswith("resuming after step 2 of 4")
-    expected, actual = uninterrupted.model.state_dict(), resumed.model.state_dict()
+    expected, actual = expected_model.state_dict(), resumed_model.state_dict()
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
@@ -114,7 +116,7 @@ def test_accuracy_budget_rolls_back_every_step(tmp_path):
     task = trained_task()
     before = count_parameters(task.model)
     strict = LoopConfig(selection=CONFIG.selection, distill=CONFIG.distill, max_accuracy_drop=-1.0)
-    report = compress(task, strict, tmp_path, log=lambda message: None)
+    _, report = compress(task, strict, tmp_path, log=lambda message: None)
     assert report["final"]["parameters"] == before and report["rewrites"] == []
     assert all(s["outcome"].startswith("rolled back: accuracy drop") for s in report["steps"]
                if s["outcome"] != "nothing to compress")
@@ -123,10 +125,10 @@ def test_accuracy_budget_rolls_back_every_step(tmp_path):
 def test_diverging_distillation_is_rolled_back(tmp_path):
     task = trained_task()
     wild = LoopConfig(selection=CONFIG.selection, distill=DistillConfig(steps=4, lr=1e30, max_grad_norm=1e30))
-    report = compress(task, wild, tmp_path, log=lambda message: None)
+    model, report = compress(task, wild, tmp_path, log=lambda message: None)
     assert any(s["outcome"].startswith("rolled back: distillation loss is") for s in report["steps"]), (
         [s["outcome"] for s in report["steps"]])
-    assert torch.isfinite(logits(task.model, task.eval_batches[0])).all()
+    assert torch.isfinite(logits(model, task.eval_batches[0])).all()
 
 
 def test_other_settings_on_the_same_folder_are_refused(tmp_path):

@@ -1,0 +1,103 @@
+"""Baselines in the RMT-KD harness: what the rank rule and the distillation each buy.
+
+- ``weight_svd``: data-free truncated SVD of each site's weights at RMT-KD's per-site ranks.
+- ``activation_pca``: the same projections RMT-KD makes (activation eigenvectors, mean folded in, shallow to
+  deep with re-calibration) at RMT-KD's ranks, without any distillation.
+- ``fixed_fraction_pca``: activation PCA keeping one fraction f of every site's dimension, f chosen so the total
+  parameter count matches RMT-KD's; sites where that rank saves nothing are left alone, as in the loop.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from rmtkd.calibration import Site, calibrate, discover_sites
+from rmtkd.loop import Task
+from rmtkd.metrics import accuracy, count_parameters
+from rmtkd.surgery import rewrite_site, site_parameters
+
+
+def weight_basis(model: nn.Module, site: Site, k: int) -> torch.Tensor:
+    """Top-k right singular vectors (d × k) of the site's weights, as the input space sees them."""
+    members = [model.get_submodule(name) for name in site.names]
+    if site.kind == "embedding":
+        stacked = members[0].weight.detach()  # rows live in the output space the table is factorised through
+    elif site.kind == "conv2d":
+        stacked = torch.cat([m.weight.detach().movedim(1, -1).reshape(-1, site.dim) for m in members])
+    else:
+        stacked = torch.cat([m.weight.detach() for m in members])
+    _, _, vh = torch.linalg.svd(stacked.double(), full_matrices=False)
+    return vh[:k].T.float()
+
+
+def compress_at_ranks(task: Task, ranks: dict[str, int], basis: str,
+                      progress: Callable[[Iterable, int, str], Iterable] = lambda it, total, desc: it) -> nn.Module:
+    """A copy of task.model with each named site projected to its rank, bases from "weights" or "activations"."""
+    if basis not in ("weights", "activations"):
+        raise ValueError(f"basis: expected 'weights' or 'activations', got {basis!r}")
+    model = copy.deepcopy(task.model)
+    sites = [s for s in discover_sites(model, task.calibration_batches[0], task.logits, task.include)
+             if s.name in ranks]
+    for site in sites:
+        k = ranks[site.name]
+        if basis == "weights":
+            rewrite_site(model, site, weight_basis(model, site, k), torch.zeros(site.dim, dtype=torch.float64))
+            continue
+        calibrate(model, task.calibration_batches, task.logits, [site], mask_key=task.mask_key,
+                  progress=lambda it: progress(it, len(task.calibration_batches), f"calibrating {site.name}"))
+        vectors = torch.linalg.eigh(site.accumulator.covariance())[1]
+        rewrite_site(model, site, vectors[:, -k:].flip(1).float(), site.accumulator.mean())
+        site.accumulator = None
+    return model.eval()
+
+
+def fixed_fraction_ranks(task: Task, target_parameters: int) -> dict[str, int]:
+    """Per-site ranks ⌈f·d⌉ (only where they save parameters), f bisected to meet target_parameters."""
+    model = task.model
+    sites = discover_sites(model, task.calibration_batches[0], task.logits, task.include)
+    total = count_parameters(model)
+
+    def ranks_for(fraction: float) -> tuple[dict[str, int], int]:
+        ranks, params = {}, total
+        for site in sites:
+            k = max(1, int(round(fraction * site.dim)))
+            before, after = site_parameters(model, site, k)
+            if after < before:
+                ranks[site.name] = k
+                params += after - before
+        return ranks, params
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if ranks_for(mid)[1] > target_parameters:
+            hi = mid
+        else:
+            lo = mid
+    return ranks_for(lo)[0]
+
+
+def rmtkd_ranks(report: dict[str, Any]) -> dict[str, int]:
+    """Per-site ranks that a finished RMT-KD run kept."""
+    return {site["site"]: site["k"] for step in report["steps"] if step["outcome"] == "kept"
+            for site in step["sites"] if site["action"] == "projected"}
+
+
+def run_baselines(task: Task, report: dict[str, Any],
+                  progress: Callable[[Iterable, int, str], Iterable] = lambda it, total, desc: it) -> list[dict]:
+    """Rows {method, parameters, accuracy} for the three baselines at RMT-KD's size."""
+    ranks = rmtkd_ranks(report)
+    candidates = {
+        "weight_svd (same ranks, no data)": lambda: compress_at_ranks(task, ranks, "weights"),
+        "activation_pca (same ranks, no distillation)": lambda: compress_at_ranks(task, ranks, "activations", progress),
+        "fixed_fraction_pca (matched parameters, no distillation)": lambda: compress_at_ranks(
+            task, fixed_fraction_ranks(task, report["final"]["parameters"]), "activations", progress),
+    }
+    rows = []
+    for method, make in candidates.items():
+        model = make()
+        rows.append({"method": method, "parameters": count_parameters(model), "accuracy": accuracy(model, task)})
+    return rows

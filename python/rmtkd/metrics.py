@@ -1,0 +1,56 @@
+"""What the loop and the reports measure: parameters, accuracy, forward FLOPs, latency."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+if TYPE_CHECKING:
+    from rmtkd.loop import Task
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, task: "Task") -> float:
+    model.eval()
+    correct = total = 0
+    for batch in task.eval_batches:
+        predicted = task.logits(model, batch).argmax(-1).cpu()
+        labels = batch[task.label_key].cpu()
+        correct += int((predicted == labels).sum())
+        total += labels.numel()
+    return correct / total
+
+
+@torch.no_grad()
+def forward_flops(model: nn.Module, task: "Task") -> int:
+    """FLOPs of one forward over the first evaluation batch, as torch's FlopCounterMode counts them."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        task.logits(model, task.eval_batches[0])
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, run: Callable[[nn.Module], object], repeats: int = 30, warmup: int = 5) -> float:
+    """Median wall time of run(model) in milliseconds, after warm-up (synchronised on CUDA)."""
+    model.eval()
+    device = next(model.parameters()).device
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        run(model)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times)
