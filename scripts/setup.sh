@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fresh-machine setup: a virtual environment in .venv with torch 2.14.1, this package (native extension built),
-# the real model that installs offline (all-MiniLM-L6-v2) and Fashion-MNIST (Debian package). Used by .ci/run and the README's commands.
+# the real model that installs offline (all-MiniLM-L6-v2) and Fashion-MNIST (Debian package).
+# Used by .ci/run and the README's commands.
 # Builds the CUDA extension when nvcc is present and then requires it (RMTKD_EXPECT_EXTENSION=cuda for the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -89,7 +89,7 @@ def prepare_text(args: argparse.Namespace, out: Path) -> Prepared:
     task = Task(
         model=model, logits=hf_text.logits,
         train_batches=lambda step: hf_text.batches(tokenizer, fit_texts, fit_labels, args.batch_size, args.max_len,
-                                                   shuffle_seed=args.seed * 7919 + step)[: args.distill_steps],
+                                                   shuffle_seed=args.seed * 7919 + step, limit=args.distill_steps),
         calibration_batches=hf_text.batches(tokenizer, calib_texts, None, args.batch_size, args.max_len),
         eval_batches=hf_text.batches(tokenizer, eval_texts, [index[y] for y in eval_labels], 64, args.max_len),
         architecture=hf_text.architecture(model), build=hf_text.build,

@@ -65,11 +65,14 @@ def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def batches(tokenizer, texts: list[str], labels: Optional[list[int]], batch_size: int, max_len: int,
-            shuffle_seed: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
-    """Tokenised batches (padding to the longest in the batch); shuffled first if a seed is given."""
+            shuffle_seed: Optional[int] = None, limit: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
+    """Tokenised batches (padding to the longest in the batch); shuffled first if a seed is given; at most
+    ``limit`` batches (only those are tokenised)."""
     order = list(range(len(texts)))
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
+    if limit is not None:
+        order = order[: limit * batch_size]
     out = []
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
