@@ -83,7 +83,9 @@ def choose_backend(op: str, x: torch.Tensor, backend: Optional[str] = None) -> s
     """The backend that runs ``op`` for input x: the forced one (checked) or the first able one in AUTO_ORDER."""
     forced = backend or _forced_backend(op)
     large = op == "projected_linear" and x.shape[0] > FUSED_MAX_ROWS
-    return _choose(op, x.device.type, x.dtype, large, forced, backend is not None, triton_interpreting())
+    # Under torch.compile the choice is traced once per graph: the memo would only draw a Dynamo warning.
+    choose = _choose.__wrapped__ if torch.compiler.is_compiling() else _choose
+    return choose(op, x.device.type, x.dtype, large, forced, backend is not None, triton_interpreting())
 
 
 @functools.lru_cache(maxsize=256)
