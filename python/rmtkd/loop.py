@@ -169,8 +169,11 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
     sel = config.selection
     decisions, rewrites = [], []
     for site in group:
-        selection = select_subspace(site.accumulator, noise=sel.noise, threshold=sel.threshold, tau=sel.tau,
-                                    alpha=sel.alpha, n_eff=_n_eff(site, sel.n_eff, calibration.sequences))
+        try:
+            selection = select_subspace(site.accumulator, noise=sel.noise, threshold=sel.threshold, tau=sel.tau,
+                                        alpha=sel.alpha, n_eff=_n_eff(site, sel.n_eff, calibration.sequences))
+        except ValueError as error:  # NaN/Inf activations, too few samples: say where
+            raise ValueError(f"site {site.name}: {error}") from None
         before, after = site_parameters(model, site, max(selection.k, 1))
         decision = {"site": site.name, "kind": site.kind, "modules": site.names, **selection.to_dict(),
                     "parameters_before": before, "parameters_after": after}

@@ -142,3 +142,18 @@ def test_other_settings_on_the_same_folder_are_refused(tmp_path):
 def test_labels_outside_the_head_are_named():
     with pytest.raises(ValueError, match=r"labels: expected class ids in \[0, 2\]"):
         distillation_loss(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 3, 2]), 0.7, 1.0)
+
+
+def test_bad_calibration_names_the_site(tmp_path):
+    task = trained_task()
+    with torch.no_grad():
+        task.model.embed.weight[5] = float("nan")
+    for batch in task.calibration_batches:
+        batch["ids"][:, 0] = 5
+    with pytest.raises(ValueError, match=r"site embed: CovarianceAccumulator: \d+ of the \d+ rows .* NaN or Inf"):
+        compress(task, CONFIG, tmp_path / "nan", log=lambda message: None)
+    tiny = trained_task()
+    tiny.calibration_batches = [{k: v[:1, :1] if v.dim() == 2 else v[:1] for k, v in tiny.calibration_batches[0].items()}]
+    tiny.calibration_batches[0]["attention_mask"][:] = 1
+    with pytest.raises(ValueError, match="site embed: .*covariance needs at least 2 samples, has 1"):
+        compress(tiny, CONFIG, tmp_path / "tiny", log=lambda message: None)
