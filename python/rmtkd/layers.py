@@ -70,8 +70,8 @@ class ProjectedConv2d(nn.Module):
         layer = cls(conv, basis.shape[1])
         w = conv.weight.detach().double()
         p = basis.detach().double().to(w.device)
-        bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64,
-                                                                                        device=w.device)
+        bias = (conv.bias.detach().double() if conv.bias is not None
+                else torch.zeros(conv.out_channels, dtype=torch.float64, device=w.device))
         if mean is not None:
             mu = mean.detach().double().to(w.device)
             bias = bias + torch.einsum("oihw,i->o", w, mu - p @ (p.T @ mu))

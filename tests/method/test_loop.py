@@ -153,7 +153,8 @@ def test_bad_calibration_names_the_site(tmp_path):
     with pytest.raises(ValueError, match=r"site embed: CovarianceAccumulator: \d+ of the \d+ rows .* NaN or Inf"):
         compress(task, CONFIG, tmp_path / "nan", log=lambda message: None)
     tiny = trained_task()
-    tiny.calibration_batches = [{k: v[:1, :1] if v.dim() == 2 else v[:1] for k, v in tiny.calibration_batches[0].items()}]
+    first = tiny.calibration_batches[0]
+    tiny.calibration_batches = [{k: v[:1, :1] if v.dim() == 2 else v[:1] for k, v in first.items()}]
     tiny.calibration_batches[0]["attention_mask"][:] = 1
     with pytest.raises(ValueError, match="site embed: .*covariance needs at least 2 samples, has 1"):
         compress(tiny, CONFIG, tmp_path / "tiny", log=lambda message: None)
