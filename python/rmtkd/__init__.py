@@ -1,8 +1,10 @@
-"""rmtkd: RMT-KD compression of neural networks (the method layer).
+"""rmtkd: RMT-KD compression of neural networks (the method layer, built on ``rmtkd_kernels``).
 
-Built on the kernels in ``rmtkd_kernels`` (never the reverse). Available now: the random-matrix spectral
-analysis (``rmtkd.spectral``: Marchenko–Pastur law, noise estimators, thresholds, effective sample size,
-subspace selection, spectrum plots). Model surgery, self-distillation, the loop and the CLI come next.
+- ``rmtkd.spectral``: Marchenko–Pastur law, noise estimators, thresholds, effective sample size, selection, plots.
+- ``rmtkd.calibration`` / ``rmtkd.surgery`` / ``rmtkd.layers``: compression sites, their calibration and rewriting.
+- ``rmtkd.distill`` / ``rmtkd.loop``: self-distillation and the iterative loop (``compress``), with resume.
+- ``rmtkd.persistence``: save/load compressed models; ``rmtkd.baselines``: SVD and PCA baselines.
+- ``rmtkd.adapters``: Hugging Face text classifiers, CNNs; ``rmtkd.cli``: the ``rmtkd`` command.
 """
 from rmtkd.spectral import MarchenkoPastur, SubspaceSelection, select_subspace
 from rmtkd_kernels import CovarianceAccumulator, ProjectedLinear
