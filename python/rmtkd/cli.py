@@ -133,8 +133,24 @@ def prepare_images(args: argparse.Namespace, out: Path) -> Prepared:
     return Prepared(task, lambda m: m(probe.to(next(m.parameters()).device)))
 
 
+RUN_ENTRIES = {"teacher", "checkpoint", "model", "report.json"}  # what a run writes (plus hidden temporaries)
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse a folder that holds anything but an earlier rmtkd run: nothing a user made is overwritten."""
+    if not out.exists():
+        return
+    foreign = [] if out.is_dir() else [out.name]
+    if out.is_dir():
+        foreign = [e.name for e in out.iterdir() if e.name not in RUN_ENTRIES and not e.name.startswith(".")]
+    if foreign:
+        raise ValueError(f"out: {out} exists and holds files that are not an rmtkd run ({foreign[0]}); "
+                         "choose a new folder")
+
+
 def compress_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    check_output_folder(out)
     torch.manual_seed(args.seed)
     prepared = (prepare_images if args.task == "images" else prepare_text)(args, out)
     config = LoopConfig(

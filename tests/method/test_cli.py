@@ -81,6 +81,13 @@ def test_user_errors_are_one_line(tmp_path, tiny_model, capsys):
     assert main(base + ["--train", str(tmp_path / "train.tsv"), "--eval", str(tmp_path / "train.tsv"),
                         "--label-column", "stars"]) == 2
     assert "label_column: 'stars' is not a column" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    args = ["compress", "--model", str(tiny_model), "--out", str(tmp_path / "mine"),
+            "--train", str(tmp_path / "train.tsv"), "--eval", str(tmp_path / "train.tsv")]
+    assert main(args) == 2
+    assert "holds files that are not an rmtkd run" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 @pytest.mark.skipif(not (vision.FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists(),
