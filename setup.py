@@ -100,9 +100,10 @@ setup(
     entry_points={"console_scripts": ["rmtkd = rmtkd.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=["torch>=2.4", "numpy", "matplotlib", "tqdm"],
+    install_requires=["torch>=2.4", "numpy", "matplotlib", "tqdm", "safetensors"],
     extras_require={
-        "hf": ["transformers", "safetensors"],
+        "hf": ["transformers"],
+        "vision": ["torchvision"],
         "test": ["pytest", "pytest-benchmark", "expecttest"],
     },
 )

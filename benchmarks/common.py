@@ -6,11 +6,9 @@ they would otherwise sit in cache, ratios only between numbers measured in the s
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 import rmtkd_kernels
+from rmtkd.persistence import write_text_atomically
 
 
 def synchronize(device: torch.device) -> None:
@@ -100,13 +99,6 @@ def device_slug(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
 def markdown_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> str:
     def cell(value: object) -> str:
         if isinstance(value, float):
@@ -119,5 +111,6 @@ def markdown_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) ->
 
 
 def write_results(out_dir: Path, name: str, payload: dict[str, object], markdown: str) -> None:
-    write_atomically(out_dir / f"{name}.json", json.dumps(payload, indent=2, default=str) + "\n")
-    write_atomically(out_dir / f"{name}.md", markdown + "\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(out_dir / f"{name}.json", json.dumps(payload, indent=2, default=str) + "\n")
+    write_text_atomically(out_dir / f"{name}.md", markdown + "\n")
