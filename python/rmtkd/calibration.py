@@ -47,6 +47,24 @@ class Site:
         return f"{prefix}.{{{members}}}" if prefix else "{" + members + "}"
 
 
+N_EFF_RULES = ("tokens", "sequences", "design-effect")
+
+
+def effective_samples(site: Site, how: str, sequences: int) -> Optional[float]:
+    """n_eff for the site's selection: None (every token a sample), the sequence count, or tokens / design effect.
+
+    "design-effect" needs the site calibrated with ``estimate_design_effect=True``.
+    """
+    if how == "tokens":
+        return None
+    if how == "sequences":
+        return float(min(sequences, site.accumulator.count))
+    if how == "design-effect" and site.design_effect is not None:
+        return site.design_effect.n_eff()
+    raise ValueError(f"n_eff: expected one of {N_EFF_RULES} (design-effect only after a calibration that "
+                     f"estimated it), got {how!r}")
+
+
 @dataclass
 class Calibration:
     sites: list[Site]

