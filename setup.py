@@ -105,5 +105,6 @@ setup(
         "hf": ["transformers"],
         "vision": ["torchvision"],
         "test": ["pytest", "pytest-benchmark", "expecttest"],
+        "bench": ["pytest-benchmark", "nvidia-ml-py"],
     },
 )

@@ -45,11 +45,14 @@ def _gemm_fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def cov_cases(device: torch.device, quick: bool) -> list[tuple[int, int, torch.dtype]]:
+    """(d, n rows, dtype): MiniLM (384, FFN 1536), BERT-base (768, FFN 3072) widths; calibration chunks 1k-64k."""
     if quick:
         return [(96, 512, torch.float32)]
     if device.type == "cuda":
-        return [(d, 16384, torch.bfloat16) for d in (768, 1024, 3072, 4096)] + [(1024, 16384, torch.float32)]
-    return [(1536, 8192, torch.float32), (384, 8192, torch.float32), (1536, 8192, torch.bfloat16)]
+        return ([(d, n, torch.bfloat16) for d in (384, 768, 1536, 3072) for n in (1024, 16384, 65536)]
+                + [(d, 16384, torch.float32) for d in (768, 1536)])
+    return ([(d, n, torch.float32) for d in (384, 768, 1536) for n in (1024, 8192)]
+            + [(768, 65536, torch.float32), (1536, 8192, torch.bfloat16)])
 
 
 def bench_cov(device: torch.device, quick: bool, roof: dict[str, float]) -> list[dict[str, object]]:
@@ -91,12 +94,14 @@ def bench_cov(device: torch.device, quick: bool, roof: dict[str, float]) -> list
 
 
 def projected_cases(device: torch.device, quick: bool) -> list[tuple[int, int, int, int, torch.dtype]]:
-    """(rows, d_in, k, d_out, dtype)."""
+    """(rows, d_in, k, d_out, dtype): MiniLM / BERT-base widths, k from 32 to 512, rows from 1 to 16k."""
     if quick:
         return [(rows, 96, 24, 96, torch.float32) for rows in (1, 64)]
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    rows_list = (1, 16, 64, 256, 1024, 16384) if device.type == "cuda" else (1, 16, 64, 1024)
-    return [(rows, d, k, d, dtype) for d in (384, 768) for k in (64, 256) for rows in rows_list]
+    ks = {384: (32, 128, 256), 768: (32, 128, 512)}
+    if device.type == "cuda":
+        return ([(rows, d, k, d, torch.bfloat16) for d in ks for k in ks[d] for rows in (1, 16, 64, 256, 1024, 16384)]
+                + [(rows, 768, 128, 768, torch.float32) for rows in (1, 64, 1024, 16384)])
+    return [(rows, d, k, d, torch.float32) for d in ks for k in ks[d] for rows in (1, 64, 1024, 16384)]
 
 
 def bench_projected(device: torch.device, quick: bool, roof: dict[str, float]) -> list[dict[str, object]]:

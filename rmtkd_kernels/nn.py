@@ -1,12 +1,48 @@
 """Drop-in layers built on the fused ops."""
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rmtkd_kernels.ops import projected_linear
+
+
+class SharedInputProjection:
+    """Lets the ProjectedLinears of one site (Linears that read the same tensor and share one basis, like a
+    transformer's Q/K/V) compute ``x @ basis`` once per input instead of once per layer.
+
+    Used in inference only (no autograd graph is kept alive) and in eager mode (under torch.compile each layer
+    runs its fused op). The members must read the same, unmodified tensor object, which is how such sites are
+    found (by tensor identity during calibration). Holds a weak reference to the last input and its projection;
+    copies and pickles start empty.
+    """
+
+    def __init__(self) -> None:
+        self._input: Optional[weakref.ref] = None
+        self._projected: Optional[Tensor] = None
+
+    def project(self, source: Tensor, x: Tensor, basis: Tensor) -> Tensor:
+        """``x @ basis``, reused while the layer input ``source`` (x before any autocast cast) is the same."""
+        cached = self._projected
+        if self._input is not None and self._input() is source and cached is not None \
+                and cached.dtype == basis.dtype and cached.device == basis.device:
+            return cached
+        projected = x @ basis
+        self._input, self._projected = weakref.ref(source), projected
+        return projected
+
+    def __deepcopy__(self, memo: dict) -> "SharedInputProjection":
+        return memo.setdefault(id(self), SharedInputProjection())
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
 
 
 class ProjectedLinear(nn.Module):
@@ -38,6 +74,7 @@ class ProjectedLinear(nn.Module):
         self.basis = nn.Parameter(torch.empty(in_features, rank, **factory))
         self.weight = nn.Parameter(torch.empty(out_features, rank, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.shared_input: Optional[SharedInputProjection] = None  # set for members of a shared-basis site
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -89,11 +126,13 @@ class ProjectedLinear(nn.Module):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
-        basis, weight, bias = self.basis, self.weight, self.bias
+        source, basis, weight, bias = x, self.basis, self.weight, self.bias
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
             x, basis, weight = x.to(dtype), basis.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
+        if self.shared_input is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return F.linear(self.shared_input.project(source, x, basis), weight, bias)
         return projected_linear(x, basis, weight, bias, backend=self.backend)
 
     def to_linear(self) -> nn.Linear:

@@ -4,7 +4,16 @@ TRITON_INTERPRET must be set before triton is first imported, hence here, before
 """
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny BERT folder (tests/tiny_text.py) shared by the command and benchmark tests."""
+    from tests.tiny_text import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -4,7 +4,7 @@
 - ``rmtkd.calibration`` / ``rmtkd.surgery`` / ``rmtkd.layers``: compression sites, their calibration and rewriting.
 - ``rmtkd.distill`` / ``rmtkd.loop``: self-distillation and the iterative loop (``compress``), with resume.
 - ``rmtkd.persistence``: save/load compressed models; ``rmtkd.baselines``: SVD and PCA baselines.
-- ``rmtkd.adapters``: Hugging Face text classifiers, CNNs; ``rmtkd.cli``: the ``rmtkd`` command.
+- ``rmtkd.adapters``: Hugging Face text classifiers, CNNs; ``rmtkd.cli``: the ``rmtkd`` command (``rmtkd.tasks``, ``rmtkd.report``).
 """
 from rmtkd.spectral import MarchenkoPastur, SubspaceSelection, select_subspace
 from rmtkd_kernels import CovarianceAccumulator, ProjectedLinear

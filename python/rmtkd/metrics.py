@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-if TYPE_CHECKING:
-    from rmtkd.loop import Task
+Logits = Callable[[nn.Module, dict], torch.Tensor]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -18,23 +17,24 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, task: "Task") -> float:
+def accuracy(model: nn.Module, logits: Logits, batches: Sequence[dict], label_key: str = "labels") -> float:
+    """Fraction of ``batches``' examples whose arg-max logit is the label under ``label_key``."""
     model.eval()
     correct = total = 0
-    for batch in task.eval_batches:
-        predicted = task.logits(model, batch).argmax(-1).cpu()
-        labels = batch[task.label_key].cpu()
+    for batch in batches:
+        predicted = logits(model, batch).argmax(-1).cpu()
+        labels = batch[label_key].cpu()
         correct += int((predicted == labels).sum())
         total += labels.numel()
     return correct / total
 
 
 @torch.no_grad()
-def forward_flops(model: nn.Module, task: "Task") -> int:
-    """FLOPs of one forward over the first evaluation batch, as torch's FlopCounterMode counts them."""
+def forward_flops(model: nn.Module, logits: Logits, batch: dict) -> int:
+    """FLOPs of one forward over ``batch``, as torch's FlopCounterMode counts them."""
     counter = FlopCounterMode(display=False)
     with counter:
-        task.logits(model, task.eval_batches[0])
+        logits(model, batch)
     return int(counter.get_total_flops())
 
 

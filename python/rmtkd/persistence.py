@@ -52,14 +52,17 @@ def write_folder_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def save_compressed(model: nn.Module, rewrites: list[Rewrite], path: str | Path, architecture: dict[str, Any],
-                    extra: Optional[dict[str, Any]] = None) -> Path:
-    """Write ``model`` (original architecture + ``rewrites``) to the folder ``path``."""
+                    extra: Optional[dict[str, Any]] = None,
+                    write_assets: Callable[[Path], None] = lambda folder: None) -> Path:
+    """Write ``model`` (original architecture + ``rewrites``) to the folder ``path``; ``write_assets(folder)``
+    adds what else the folder needs to be used on its own (a tokenizer)."""
     meta = {"format": FORMAT, "architecture": architecture, "rewrites": [r.to_dict() for r in rewrites],
             **(extra or {})}
 
     def write(folder: Path) -> None:
         save_model(model, str(folder / WEIGHTS_FILE))
         (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        write_assets(folder)
 
     write_folder_atomically(Path(path), write)
     return Path(path)

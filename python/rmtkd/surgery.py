@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from rmtkd.calibration import Site
 from rmtkd.layers import FactorizedEmbedding, ProjectedConv2d
 from rmtkd_kernels import ProjectedLinear
+from rmtkd_kernels.nn import SharedInputProjection
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -58,9 +59,10 @@ class Rewrite:
 
 def _install(model: nn.Module, kind: str, names: list[str] | tuple[str, ...], new: list[nn.Module]) -> None:
     """Put the replacements in place; members of one site share its projection parameters."""
-    for module in new[1:]:
+    shared = SharedInputProjection() if kind == "linear" and len(new) > 1 else None
+    for module in new:
         if kind == "linear":
-            module.basis = new[0].basis
+            module.basis, module.shared_input = new[0].basis, shared
         elif kind == "conv2d":
             module.project = new[0].project
     for name, module in zip(names, new):

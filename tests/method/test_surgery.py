@@ -147,3 +147,38 @@ def test_bad_basis_is_named():
         rewrite_site(model, sites[1], torch.zeros(15, 3), torch.zeros(16))
     with pytest.raises(ValueError, match="conv: expected groups=1"):
         ProjectedConv2d(nn.Conv2d(4, 4, 3, groups=4), 2)
+
+
+def test_shared_site_projects_its_input_once_in_inference():
+    """Q and K share one basis: without autograd the projection x @ P runs once for both (fewer FLOPs, same
+    outputs); with autograd, under a copy and for a new input nothing stale is reused."""
+    import copy
+    import pickle
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(2)
+    model = TextModel()
+    batches = text_batches()
+    sites = calibrated(model, batches, text_forward)
+    qk = sites[1]
+    rewrite_site(model, qk, full_basis(qk)[:, :5].contiguous(), qk.accumulator.mean())
+    assert model.q.shared_input is model.k.shared_input is not None
+    with torch.enable_grad():
+        expected = text_forward(model, batches[0])  # every member through its own fused op
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        shared = text_forward(model, batches[0])
+    torch.testing.assert_close(shared, expected, rtol=1e-5, atol=1e-6)
+    rows = batches[0]["ids"].numel()
+    separate = 2 * rows * 5 * (16 + 24) * 2  # q and k each: x @ P and (x P) @ Wᵀ
+    once = 2 * rows * 5 * 16 + 2 * 2 * rows * 5 * 24
+    head = 2 * batches[0]["ids"].shape[0] * 9 * 24 * 3
+    assert counter.get_total_flops() - head == once < separate  # the embedding lookup counts no FLOPs
+    with torch.no_grad():  # a new input of the same shape is projected afresh, not served from the cache
+        other = text_forward(model, batches[1])
+        torch.testing.assert_close(other, text_forward(model, {k: v.clone() for k, v in batches[1].items()}))
+    clone = copy.deepcopy(model)
+    assert clone.q.shared_input is clone.k.shared_input is not model.q.shared_input
+    assert clone.q.shared_input._projected is None
+    assert pickle.loads(pickle.dumps(model.q.shared_input))._projected is None

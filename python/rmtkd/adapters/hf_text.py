@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import torch
@@ -35,15 +36,30 @@ def _transformers():
     return transformers
 
 
-def load_classifier(path: str, num_labels: int) -> tuple[nn.Module, Any]:
-    """(model, tokenizer) from a local folder; a new head of ``num_labels`` outputs if the folder has none."""
+def load_classifier(path: str, labels: Optional[list[str]] = None) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) from a local folder. With ``labels``, a new head with one output per label (named in
+    config.id2label); without, the folder's own head."""
     transformers = _transformers()
+    head = {} if labels is None else {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                                      "label2id": {label: i for i, label in enumerate(labels)}}
+    verbosity = transformers.logging.get_verbosity()
+    if labels is not None:  # the new head's "missing weights" report is expected: keep the terminal quiet
+        transformers.logging.set_verbosity_error()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(path, **head)
     except (OSError, ValueError) as error:
         raise ValueError(f"model: {path} is not a Hugging Face sequence-classification model folder ({error})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     return model, tokenizer
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    try:
+        return _transformers().AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"model: {path} has no usable tokenizer ({error})") from None
 
 
 def architecture(model: nn.Module) -> dict[str, Any]:

@@ -1,0 +1,120 @@
+"""The report folder of a run: report.json, report.md (a person's summary) and plots/ (per-site spectra, written
+by the loop, plus the accuracy-vs-reduction trade-off of the steps and the baselines)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from rmtkd.persistence import write_text_atomically
+
+TRADEOFF_PLOT = "plots/tradeoff.png"
+
+
+def _reduction(params: int, original: dict[str, Any]) -> float:
+    return 1 - params / original["parameters"]
+
+
+def model_table(report: dict[str, Any]) -> str:
+    """Markdown rows: original, RMT-KD and (if run) the baselines: parameters, reduction, FLOPs, accuracy, latency."""
+    original, final = report["original"], report["final"]
+    latency = report.get("latency_ms") or {}
+    rows = [("original", original, latency.get("original")), ("RMT-KD", final, latency.get("compressed"))]
+    rows += [(b["method"], b, None) for b in report.get("baselines", [])]
+    shape = ""
+    if latency:
+        shape = f" (batch {latency['batch']}" + (f", seq {latency['seq_len']}" if latency.get("seq_len") else "")
+        shape += f", {latency['device']})"
+    lines = [f"| model | parameters | reduction | forward FLOPs | accuracy | latency ms{shape} |",
+             "|---|---|---|---|---|---|"]
+    for name, row, ms in rows:
+        flops = f"{row['flops']:.3g}" if "flops" in row else "—"
+        lines.append(f"| {name} | {row['parameters']:,} | {100 * _reduction(row['parameters'], original):.1f}% | "
+                     f"{flops} | {100 * row['accuracy']:.2f} | {'—' if ms is None else f'{ms:.2f}'} |")
+    if latency:
+        lines.append(f"\nlatency speed-up: {latency['original'] / latency['compressed']:.2f}x")
+    return "\n".join(lines)
+
+
+def site_table(report: dict[str, Any]) -> str:
+    """Markdown rows, one per site the loop looked at: d, selected k, σ², threshold, what was done."""
+    lines = ["| step | site | d | k | σ² | threshold | parameters | action |", "|---|---|---|---|---|---|---|---|"]
+    for step in report["steps"]:
+        for site in step["sites"]:
+            action = site["action"] if site["action"] != "projected" else f"projected ({step['outcome']})"
+            lines.append(f"| {step['step']} | {site['site']} | {site['d']} | {site['k']} | {site['sigma2']:.4g} | "
+                         f"{site['edge']:.4g} | {site['parameters_before']:,} → {site['parameters_after']:,} | "
+                         f"{action} |")
+    return "\n".join(lines)
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """What the terminal shows at the end of a run: the model table, then the per-site table."""
+    return model_table(report) + "\n\n" + site_table(report)
+
+
+def plot_tradeoff(report: dict[str, Any], path: Path) -> Path:
+    """Accuracy against parameter reduction after every step (kept steps joined, rolled-back ones marked),
+    with the baselines at the final size as separate markers."""
+    original = report["original"]
+    xs, ys = [0.0], [100 * original["accuracy"]]
+    rolled_x, rolled_y = [], []
+    for step in report["steps"]:
+        if "accuracy_after" not in step:
+            continue
+        if step["outcome"] == "kept":
+            xs.append(100 * _reduction(step["parameters_after"], original))
+            ys.append(100 * step["accuracy_after"])
+        else:  # measured before the rollback: the size it would have had
+            after = sum(s["parameters_after"] - s["parameters_before"] for s in step["sites"]
+                        if s["action"] == "projected") + step["parameters_before"]
+            rolled_x.append(100 * _reduction(after, original))
+            rolled_y.append(100 * step["accuracy_after"])
+    fig = Figure(figsize=(7.5, 4.8), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(xs, ys, marker="o", color="#08519c", label="RMT-KD after each step")
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8, color="#08519c")
+    if rolled_x:
+        ax.plot(rolled_x, rolled_y, linestyle="none", marker="x", markersize=9, color="#d62728",
+                label="step rolled back")
+    for marker, baseline in zip("sDv^", report.get("baselines", [])):
+        ax.plot([100 * _reduction(baseline["parameters"], original)], [100 * baseline["accuracy"]],
+                linestyle="none", marker=marker, markersize=8, label=baseline["method"])
+    ax.axhline(100 * original["accuracy"], color="grey", linestyle=":", linewidth=1, label="original accuracy")
+    ax.set_xlabel("parameter reduction (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy vs. compression (step number next to each point)", fontsize=11)
+    ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as handle:
+        fig.savefig(handle, format="png")
+    os.replace(handle.name, path)
+    return path
+
+
+def markdown_report(report: dict[str, Any], title: str) -> str:
+    settings = "\n".join(f"- `{key}`: {value}" for key, value in sorted(report.get("settings", {}).items()))
+    plots = sorted({site["plot"] for step in report["steps"] for site in step["sites"] if "plot" in site})
+    return "\n".join([
+        f"# {title}", "",
+        f"Parameters {report['original']['parameters']:,} → {report['final']['parameters']:,} "
+        f"({100 * report['parameter_reduction']:.1f}% fewer), accuracy {100 * report['original']['accuracy']:.2f} → "
+        f"{100 * report['final']['accuracy']:.2f}; stopped: {report['stopped']}.", "",
+        model_table(report), "", f"![accuracy vs. parameter reduction]({TRADEOFF_PLOT})", "",
+        "## Sites", "", site_table(report), "",
+        "## Spectrum plots", "", *[f"- [{p}]({p})" for p in plots], "",
+        "## Settings", "", settings, "",
+    ])
+
+
+def write_report(report: dict[str, Any], out: Path, title: str) -> None:
+    """report.json, report.md and the trade-off plot into the run's folder (each written atomically)."""
+    plot_tradeoff(report, out / TRADEOFF_PLOT)
+    write_text_atomically(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomically(out / "report.md", markdown_report(report, title))

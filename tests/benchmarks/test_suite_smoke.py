@@ -1,0 +1,91 @@
+"""The benchmark suite's other parts run end to end on tiny inputs (so they never rot): the end-to-end
+benchmark on a tiny compressed BERT (eager and torch.compile, fused and two-matmul paths), the pytest-benchmark
+kernel timings, and the energy meters' bookkeeping."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rmtkd.cli import main as rmtkd
+from tests.tiny_text import needs_minilm, write_table
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_minilm
+def test_end_to_end_quick(tmp_path, tiny_model, capsys):
+    write_table(tmp_path / "train.tsv", 200, seed=5)
+    write_table(tmp_path / "dev.tsv", 32, seed=6)
+    run = tmp_path / "run"
+    assert rmtkd(["compress", "--model", str(tiny_model), "--train", str(tmp_path / "train.tsv"), "--eval",
+                  str(tmp_path / "dev.tsv"), "--out", str(run), "--train-samples", "128", "--calibration-samples",
+                  "64", "--distill-steps", "1", "--max-len", "16", "--noise", "quantile", "--tau", "0.6",
+                  "--latency-seq-len", "16"]) == 0
+    end_to_end = load("end_to_end")
+    assert end_to_end.main(["--quick", "--run", str(run), "--device", "cpu", "--out", str(tmp_path / "results"),
+                            "--batch", "4"]) == 0
+    result = json.loads((tmp_path / "results" / "cpu-quick" / "end_to_end.json").read_text())
+    seen = {(r["model"], r["mode"], r["path"], r["batch"]) for r in result["rows"]}
+    assert ("compressed", "compile", "two-matmul", 1) in seen and ("compressed", "eager", "fused", 4) in seen
+    assert ("original", "compile", "fused", 1) in seen
+    for row in result["rows"]:
+        assert row["ms"] > 0 and row["speedup"] > 0
+        assert row["energy"]["available"] or row["energy"]["reason"]  # a number or the reason there is none
+    assert (tmp_path / "results" / "cpu-quick" / "end_to_end.png").stat().st_size > 10_000
+    assert end_to_end.main(["--quick", "--models", str(run / "teacher"), str(run / "teacher"), "--device",
+                            "cpu", "--out", str(tmp_path / "results")]) == 2
+    assert "is not a compressed model" in capsys.readouterr().err
+
+
+def test_pytest_benchmark_kernels_smoke():
+    done = subprocess.run([sys.executable, "-m", "pytest", str(BENCHMARKS / "test_kernel_timings.py"), "-q",
+                           "-p", "no:cacheprovider", "--benchmark-disable"],
+                          env={**os.environ, "RMTKD_BENCH_QUICK": "1"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout
+
+
+def test_rapl_meter_reads_package_counters_and_wraps(tmp_path, monkeypatch):
+    energy = load("energy")
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "max_energy_range_uj").write_text("1000000\n")
+    (zone / "energy_uj").write_text("999000\n")
+    monkeypatch.setattr(energy, "POWERCAP", tmp_path)
+    meter, how = energy.open_meter(torch.device("cpu"))
+    assert how == "rapl package energy counters"
+
+    def body() -> int:  # the counter wraps past its range during the window: 999,000 → 4,000 is 5,000 µJ
+        (zone / "energy_uj").write_text("4000\n")
+        return 10
+
+    joules, _, calls = meter.window(body)
+    assert joules == pytest.approx(0.005) and calls == 10
+
+
+def test_no_energy_counter_gives_a_reason(tmp_path, monkeypatch):
+    energy = load("energy")
+    monkeypatch.setattr(energy, "POWERCAP", tmp_path / "absent")
+    meter, why = energy.open_meter(torch.device("cpu"))
+    assert meter is None and "RAPL" in why and "unavailable" in why
+
+
+def test_rmtkd_bench_runs_the_suite(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no runs/bbc-news-minilm here: the end-to-end part says it is skipped
+    assert rmtkd(["bench", "--quick", "--device", "cpu", "--out", str(tmp_path / "results")]) == 0
+    assert (tmp_path / "results" / "cpu-quick" / "kernels.json").is_file()
