@@ -33,6 +33,7 @@ from common import device_slug, machine_info, markdown_table, write_results  # n
 from energy import measure, measure_idle, open_meter  # noqa: E402
 
 from rmtkd.metrics import count_parameters  # noqa: E402
+from rmtkd.persistence import save_figure_atomically  # noqa: E402
 from rmtkd.tasks import LoadedModel, load_model_folder  # noqa: E402
 from rmtkd_kernels.backends import ENV_VAR  # noqa: E402
 
@@ -151,7 +152,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("Compressed vs. original, same run", fontsize=11)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.savefig(path)
+    save_figure_atomically(fig, path)
 
 
 def resolve_models(args: argparse.Namespace) -> tuple[Path, Path]:

@@ -45,6 +45,24 @@ class SharedInputProjection:
         self.__init__()
 
 
+def _checked_basis(linear: nn.Linear, basis: Tensor, mean: Optional[Tensor], dim: int, side: str) -> Tensor:
+    """The basis as float64 after checking it (dim, k >= 1) with orthonormal columns, and the mean (dim,)."""
+    if not isinstance(linear, nn.Linear):
+        raise ValueError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+    if not isinstance(basis, Tensor) or basis.dim() != 2 or basis.shape[0] != dim or basis.shape[1] < 1:
+        got = tuple(basis.shape) if isinstance(basis, Tensor) else type(basis).__name__
+        raise ValueError(f"basis: expected shape ({dim}, k) with k >= 1 for a Linear with {dim} {side}, got {got}")
+    p = basis.detach().to(torch.float64)
+    gram_error = (p.T @ p - torch.eye(p.shape[1], dtype=torch.float64, device=p.device)).abs().max().item()
+    tolerance = max(1e-4, 50 * torch.finfo(basis.dtype).eps)
+    if gram_error > tolerance:
+        raise ValueError(f"basis: expected orthonormal columns (PᵀP = I), max |PᵀP − I| = {gram_error:.3g}")
+    if mean is not None and (not isinstance(mean, Tensor) or tuple(mean.shape) != (dim,)):
+        got = tuple(mean.shape) if isinstance(mean, Tensor) else type(mean).__name__
+        raise ValueError(f"mean: expected shape ({dim},), got {got}")
+    return p
+
+
 class ProjectedLinear(nn.Module):
     """y = (x @ basis) @ weightᵀ + bias: a Linear(d_in → d_out) that runs on a k-dimensional projection of x.
 
@@ -95,20 +113,8 @@ class ProjectedLinear(nn.Module):
         With the activation mean μ the projection acts on centered inputs, and the constant part
         W (I − P Pᵀ) μ goes into the bias, so a layer whose inputs stay near span(P) + μ is reproduced.
         """
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        p = _checked_basis(linear, basis, mean, linear.in_features, "inputs")
         d_in = linear.in_features
-        if not isinstance(basis, Tensor) or basis.dim() != 2 or basis.shape[0] != d_in or basis.shape[1] < 1:
-            got = tuple(basis.shape) if isinstance(basis, Tensor) else type(basis).__name__
-            raise ValueError(f"basis: expected shape ({d_in}, k) with k >= 1 for a Linear with {d_in} inputs, got {got}")
-        p = basis.detach().to(torch.float64)
-        gram_error = (p.T @ p - torch.eye(p.shape[1], dtype=torch.float64, device=p.device)).abs().max().item()
-        tolerance = max(1e-4, 50 * torch.finfo(basis.dtype).eps)
-        if gram_error > tolerance:
-            raise ValueError(f"basis: expected orthonormal columns (PᵀP = I), max |PᵀP − I| = {gram_error:.3g}")
-        if mean is not None and (not isinstance(mean, Tensor) or tuple(mean.shape) != (d_in,)):
-            got = tuple(mean.shape) if isinstance(mean, Tensor) else type(mean).__name__
-            raise ValueError(f"mean: expected shape ({d_in},), got {got}")
         w = linear.weight.detach().to(torch.float64)
         p = p.to(w.device)
         bias = linear.bias.detach().to(torch.float64) if linear.bias is not None else None
@@ -123,6 +129,28 @@ class ProjectedLinear(nn.Module):
             layer.weight.copy_(w @ p)
             if bias is not None:
                 layer.bias.copy_(bias)
+        return layer
+
+    @classmethod
+    def from_linear_output(
+        cls, linear: nn.Linear, basis: Tensor, mean: Optional[Tensor] = None, *, backend: Optional[str] = None
+    ) -> "ProjectedLinear":
+        """Keep a trained Linear's output in span(Q) around μ: y ≈ μ + Q Qᵀ (W x + b − μ), Q = basis (d_out, k).
+
+        For a Linear that narrows (d_out < d_in) whose outputs span few directions: as a ProjectedLinear its
+        basis is Wᵀ Q (d_in, k, not orthonormal), its weight Q and its bias Q Qᵀ (b − μ) + μ.
+        """
+        q = _checked_basis(linear, basis, mean, linear.out_features, "outputs")
+        w = linear.weight.detach().to(torch.float64)
+        q = q.to(w.device)
+        b = linear.bias.detach().to(torch.float64) if linear.bias is not None else torch.zeros_like(w[:, 0])
+        mu = mean.detach().to(device=w.device, dtype=torch.float64) if mean is not None else torch.zeros_like(b)
+        layer = cls(linear.in_features, linear.out_features, q.shape[1], bias=True, device=linear.weight.device,
+                    dtype=linear.weight.dtype, backend=backend)
+        with torch.no_grad():
+            layer.basis.copy_(w.T @ q)
+            layer.weight.copy_(q)
+            layer.bias.copy_(q @ (q.T @ (b - mu)) + mu)
         return layer
 
     def forward(self, x: Tensor) -> Tensor:

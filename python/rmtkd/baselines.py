@@ -21,8 +21,12 @@ from rmtkd.surgery import rewrite_site, site_parameters
 
 
 def weight_basis(model: nn.Module, site: Site, k: int) -> torch.Tensor:
-    """Top-k right singular vectors (d × k) of the site's weights, as the input space sees them."""
+    """Top-k singular vectors (d × k) of the site's weights in the space the site projects: right ones for
+    inputs, left ones for a Linear's output."""
     members = [model.get_submodule(name) for name in site.names]
+    if site.kind == "linear_output":
+        u, _, _ = torch.linalg.svd(members[0].weight.detach().double(), full_matrices=False)
+        return u[:, :k].float()
     if site.kind == "embedding":
         stacked = members[0].weight.detach()  # rows live in the output space the table is factorised through
     elif site.kind == "conv2d":
@@ -41,7 +45,11 @@ def compress_at_ranks(task: Task, ranks: dict[str, int], basis: str,
     model = copy.deepcopy(task.model)
     sites = [s for s in discover_sites(model, task.calibration_batches[0], task.logits, task.include)
              if s.name in ranks]
+    rewritten: set[str] = set()
     for site in sites:
+        if rewritten & set(site.names):  # a narrowing Linear is projected on one side only, the first listed
+            continue
+        rewritten.update(site.names)
         k = ranks[site.name]
         if basis == "weights":
             rewrite_site(model, site, weight_basis(model, site, k), torch.zeros(site.dim, dtype=torch.float64))
@@ -61,13 +69,14 @@ def fixed_fraction_ranks(task: Task, target_parameters: int) -> dict[str, int]:
     total = count_parameters(model)
 
     def ranks_for(fraction: float) -> tuple[dict[str, int], int]:
-        ranks, params = {}, total
+        ranks, params, taken = {}, total, set()
         for site in sites:
             k = max(1, int(round(fraction * site.dim)))
             before, after = site_parameters(model, site, k)
-            if after < before:
+            if after < before and not taken & set(site.names):
                 ranks[site.name] = k
                 params += after - before
+                taken.update(site.names)
         return ranks, params
 
     lo, hi = 0.0, 1.0

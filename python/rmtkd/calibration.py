@@ -3,7 +3,9 @@
 A site is what one projection serves:
 - ``linear``: the Linears that read one input tensor (a transformer's query, key and value share one);
 - ``conv2d``: the (groups = 1) Conv2ds that read one input; spatial positions are samples of C_in channels;
-- ``embedding``: one nn.Embedding, calibrated on its output (the table is factorised through that subspace).
+- ``embedding``: one nn.Embedding, calibrated on its output (the table is factorised through that subspace);
+- ``linear_output``: one Linear that narrows (d_out < d_in, e.g. a transformer's FFN output), calibrated on its
+  output: its input rank is often too high for an input projection to pay, its output rank is not.
 Sharing is detected on the first batch by tensor identity, so no table of layer names is needed. Padding tokens
 are masked out with the batch's attention mask. Nothing but O(d²) statistics is kept.
 """
@@ -18,7 +20,8 @@ from torch import Tensor, nn
 from rmtkd.spectral import DesignEffectEstimator
 from rmtkd_kernels import CovarianceAccumulator
 
-SiteKind = Literal["linear", "conv2d", "embedding"]
+SiteKind = Literal["linear", "conv2d", "embedding", "linear_output"]
+OUTPUT_KINDS = ("embedding", "linear_output")  # sites calibrated on their module's output
 Forward = Callable[[nn.Module, dict], Any]
 Include = Callable[[str, nn.Module], bool]
 
@@ -35,7 +38,10 @@ class Site:
 
     @property
     def name(self) -> str:
-        """The module's name, or for a shared input the common prefix and the members: "a.self.{query,key}"."""
+        """The module's name, or for a shared input the common prefix and the members: "a.self.{query,key}";
+        an output site is "name [output]"."""
+        if self.kind == "linear_output":
+            return f"{self.names[0]} [output]"
         if len(self.names) == 1:
             return self.names[0]
         parts = [name.split(".") for name in self.names]
@@ -82,6 +88,10 @@ def _site_kind(module: nn.Module) -> Optional[SiteKind]:
     return None
 
 
+def _narrows(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) and module.out_features < module.in_features
+
+
 def _site_dim(module: nn.Module) -> int:
     if isinstance(module, nn.Linear):
         return module.in_features
@@ -91,7 +101,8 @@ def _site_dim(module: nn.Module) -> int:
 
 
 def discover_sites(model: nn.Module, batch: dict, forward: Forward, include: Include = lambda n, m: True) -> list[Site]:
-    """Run one batch; group included Linears (and Conv2ds) by the tensor they read; embeddings stand alone.
+    """Run one batch; group included Linears (and Conv2ds) by the tensor they read; embeddings stand alone; a
+    narrowing Linear also gets an output site, right after its input site.
 
     Every input seen is kept alive until the pass ends, so the allocator cannot hand a freed tensor's memory
     (and data pointer) to a later layer's input.
@@ -113,10 +124,17 @@ def discover_sites(model: nn.Module, batch: dict, forward: Forward, include: Inc
                 site.names.append(name)
         return hook
 
+    def output_recorder(name: str, module: nn.Module):
+        def hook(_module, _inputs, _output):
+            sites.setdefault(("linear_output", name), Site(kind="linear_output", names=[name], dim=module.out_features))
+        return hook
+
     for name, module in model.named_modules():
         kind = _site_kind(module)
         if kind is not None and include(name, module):
             handles.append(module.register_forward_pre_hook(recorder(name, module, kind)))
+            if _narrows(module):
+                handles.append(module.register_forward_hook(output_recorder(name, module)))
     try:
         with torch.no_grad():
             forward(model, batch)
@@ -166,7 +184,7 @@ def calibrate(
             if site.design_effect is not None and rows.dim() == 3:
                 site.design_effect.update(rows, mask)
 
-        if site.kind == "embedding":
+        if site.kind in OUTPUT_KINDS:
             handles.append(first.register_forward_hook(lambda _m, _i, out, observe=observe: observe(out)))
         else:
             handles.append(first.register_forward_pre_hook(lambda _m, inputs, observe=observe: observe(inputs[0])))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -27,12 +28,14 @@ import torch
 from rmtkd.adapters import hf_text, vision
 from rmtkd.baselines import run_baselines
 from rmtkd.calibration import N_EFF_RULES
+from rmtkd.data import BBC_NEWS, read_bbc_news, read_text_table
 from rmtkd.distill import DistillConfig
 from rmtkd.loop import CHECKPOINT, PLOTS, LoopConfig, SelectionConfig, compress
 from rmtkd.metrics import accuracy, count_parameters, forward_flops, latency_ms
 from rmtkd.persistence import write_text_atomically
 from rmtkd.report import TRADEOFF_PLOT, summary_table, write_report
 from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS
+from rmtkd.spectrum import write_spectra
 from rmtkd.tasks import (
     dataset_name, image_latency_probe, label_ids, load_model_folder, prepare_images, prepare_text, read_text_data,
     text_latency_probe,
@@ -130,8 +133,6 @@ def compress_command(args: argparse.Namespace) -> int:
 
 def spectrum_command(args: argparse.Namespace) -> int:
     """Calibrate the model on (a random subset of) the training data and write every site's spectrum."""
-    from rmtkd.spectrum import write_spectra
-
     out = Path(args.out)
     log = _logger(args)
     claim_output_folder(out, args)
@@ -165,10 +166,6 @@ def spectrum_command(args: argparse.Namespace) -> int:
 
 def spectrum_texts(args: argparse.Namespace) -> tuple[list[str], str]:
     """A random subset of --calibration-samples texts of the training data (labels are not needed)."""
-    import random
-
-    from rmtkd.data import BBC_NEWS, read_bbc_news, read_text_table
-
     if args.train is None:
         texts, name = read_bbc_news()[0], BBC_NEWS
     else:

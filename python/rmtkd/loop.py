@@ -35,7 +35,8 @@ PLOTS = "plots"  # one spectrum plot per site, written when the site is selected
 
 def plot_name(site: Site) -> str:
     """Relative path of a site's spectrum plot inside the output folder."""
-    return f"{PLOTS}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', site.names[0])}.png"
+    suffix = ".output" if site.kind == "linear_output" else ""
+    return f"{PLOTS}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', site.names[0])}{suffix}.png"
 
 
 @dataclass(frozen=True)
@@ -178,10 +179,13 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
             raise ValueError(f"site {site.name}: {error}") from None
         before, after = site_parameters(model, site, max(selection.k, 1))
         plot_spectrum(selection, out_dir / plot_name(site), title=site.name)
+        taken = set(site.names) & {name for r in rewrites for name in r.names}
         decision = {"site": site.name, "kind": site.kind, "modules": site.names, **selection.to_dict(),
                     "parameters_before": before, "parameters_after": after, "plot": plot_name(site)}
         decision.pop("kept_eigenvalues")
-        if selection.k == 0:
+        if taken:  # a narrowing Linear whose input side was projected in this step keeps that rewrite
+            decision["action"] = f"skipped: {sorted(taken)[0]} was projected on its input side in this step"
+        elif selection.k == 0:
             decision["action"] = "skipped: k = 0 (projecting onto nothing would cut the layer off its input)"
         elif after >= before:
             decision["action"] = f"skipped: rank {selection.k} of {site.dim} would not reduce parameters"

@@ -34,6 +34,16 @@ def write_text_atomically(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def save_figure_atomically(figure: Any, path: str | Path) -> Path:
+    """Save a matplotlib Figure as PNG through a temporary sibling and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.png"
+    figure.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
+
+
 def write_folder_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a fresh sibling folder, then swap it in place of ``path``."""
     path = Path(path)

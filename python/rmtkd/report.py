@@ -3,14 +3,12 @@ by the loop, plus the accuracy-vs-reduction trade-off of the steps and the basel
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from rmtkd.persistence import write_text_atomically
+from rmtkd.persistence import save_figure_atomically, write_text_atomically
 
 TRADEOFF_PLOT = "plots/tradeoff.png"
 
@@ -91,11 +89,7 @@ def plot_tradeoff(report: dict[str, Any], path: Path) -> Path:
     ax.set_title("Accuracy vs. compression (step number next to each point)", fontsize=11)
     ax.legend(fontsize=8, loc="best", framealpha=0.9)
     ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as handle:
-        fig.savefig(handle, format="png")
-    os.replace(handle.name, path)
-    return path
+    return save_figure_atomically(fig, path)
 
 
 def markdown_report(report: dict[str, Any], title: str) -> str:

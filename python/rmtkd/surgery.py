@@ -34,6 +34,9 @@ def site_parameters(model: nn.Module, site: Site, k: int) -> tuple[int, int]:
         after = site.dim * k + sum(k * m.out_features + (m.out_features if m.bias is not None else 0) for m in members)
     elif site.kind == "conv2d":
         after = site.dim * k + sum(m.out_channels * (k * m.kernel_size[0] * m.kernel_size[1] + 1) for m in members)
+    elif site.kind == "linear_output":
+        (linear,) = members
+        after = k * (linear.in_features + linear.out_features) + linear.out_features
     else:
         (embedding,) = members
         after = embedding.num_embeddings * k + site.dim * k + site.dim
@@ -78,6 +81,9 @@ def rewrite_site(model: nn.Module, site: Site, basis: Tensor, mean: Tensor) -> R
         new = [ProjectedLinear.from_linear(m, basis.to(m.weight.device, m.weight.dtype), mean) for m in members]
     elif site.kind == "conv2d":
         new = [ProjectedConv2d.from_conv(m, basis, mean) for m in members]
+    elif site.kind == "linear_output":
+        new = [ProjectedLinear.from_linear_output(members[0], basis.to(members[0].weight.device,
+                                                                      members[0].weight.dtype), mean)]
     else:
         new = [FactorizedEmbedding.from_embedding(members[0], basis, mean)]
     _install(model, site.kind, site.names, new)
@@ -91,6 +97,9 @@ def apply_structure(model: nn.Module, rewrite: Rewrite) -> None:
     if rewrite.kind == "linear":
         new = [ProjectedLinear(m.in_features, m.out_features, k, bias=m.bias is not None, device=m.weight.device,
                                dtype=m.weight.dtype) for m in members]
+    elif rewrite.kind == "linear_output":
+        new = [ProjectedLinear(m.in_features, m.out_features, k, device=m.weight.device, dtype=m.weight.dtype)
+               for m in members]
     elif rewrite.kind == "conv2d":
         new = [ProjectedConv2d(m, k) for m in members]
     elif rewrite.kind == "embedding":
@@ -98,5 +107,5 @@ def apply_structure(model: nn.Module, rewrite: Rewrite) -> None:
         new = [FactorizedEmbedding(e.num_embeddings, e.embedding_dim, k, e.padding_idx, device=e.weight.device,
                                    dtype=e.weight.dtype)]
     else:
-        raise ValueError(f"rewrite.kind: expected linear, conv2d or embedding, got {rewrite.kind!r}")
+        raise ValueError(f"rewrite.kind: expected linear, linear_output, conv2d or embedding, got {rewrite.kind!r}")
     _install(model, rewrite.kind, rewrite.names, new)

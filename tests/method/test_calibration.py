@@ -51,12 +51,13 @@ def make_batches(count: int = 3, seed: int = 0):
 def test_sites_group_shared_inputs_and_never_alias_freed_memory():
     torch.manual_seed(0)
     sites = discover_sites(TinyModel(), make_batches(1)[0], forward)
-    assert [s.names for s in sites] == [
-        ["blocks.0.query", "blocks.0.key", "blocks.0.value"], ["blocks.0.up"], ["blocks.0.down"],
-        ["blocks.1.query", "blocks.1.key", "blocks.1.value"], ["blocks.1.up"], ["blocks.1.down"],
+    assert [s.names for s in sites] == [  # the narrowing FFN "down" also gets an output site after its input site
+        ["blocks.0.query", "blocks.0.key", "blocks.0.value"], ["blocks.0.up"], ["blocks.0.down"], ["blocks.0.down"],
+        ["blocks.1.query", "blocks.1.key", "blocks.1.value"], ["blocks.1.up"], ["blocks.1.down"], ["blocks.1.down"],
     ]
     assert sites[0].name == "blocks.0.{query,key,value}" and sites[0].kind == "linear"
     assert sites[2].dim == 24 and sites[2].name == "blocks.0.down"
+    assert sites[3].kind == "linear_output" and sites[3].dim == 12 and sites[3].name == "blocks.0.down [output]"
 
 
 def test_statistics_match_direct_computation_over_real_tokens():

@@ -36,7 +36,8 @@ def test_compress_end_to_end_and_resume(tmp_path, tiny_model, capsys):
 
     # the report folder: markdown summary, one readable spectrum plot per site looked at, the trade-off plot
     sites = [site for step in report["steps"] for site in step["sites"]]
-    assert len(sites) == 1 + 2 * 4  # word embeddings, then Q/K/V, attention output, FFN in, FFN out per layer
+    # word embeddings, then per layer Q/K/V, attention output, FFN in, FFN out (input side, then output side)
+    assert len(sites) == 1 + 2 * 5
     for site in sites:
         assert (out / site["plot"]).stat().st_size > 10_000
     assert (out / "plots" / "tradeoff.png").stat().st_size > 10_000
@@ -73,7 +74,7 @@ def test_spectrum_command_leaves_the_model_alone(tmp_path, tiny_model, capsys):
                  "--out", str(tmp_path / "spectrum"), "--calibration-samples", "100", "--max-len", "16",
                  "--threshold", "tracy_widom", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["examples"] == 100 and len(report["sites"]) == 1 + 2 * 4
+    assert report["examples"] == 100 and len(report["sites"]) == 1 + 2 * 5
     for site in report["sites"]:
         assert 0 <= site["k"] <= site["d"] and site["threshold_rule"] == "tracy_widom"
         assert (tmp_path / "spectrum" / site["plot"]).stat().st_size > 10_000

@@ -74,7 +74,7 @@ def test_loop_compresses_reports_and_saves(tmp_path):
     before = count_parameters(task.model)
     model, report = compress(task, CONFIG, tmp_path, log=lambda message: None)
     assert count_parameters(task.model) == before  # the caller's model is untouched
-    assert [s["sites"][0]["site"] for s in report["steps"]] == ["embed", "{q,k,v}", "up", "down"]
+    assert [s["sites"][0]["site"] for s in report["steps"]] == ["embed", "{q,k,v}", "up", "down", "down [output]"]
     kept = [s for s in report["steps"] if s["outcome"] == "kept"]
     assert kept and report["final"]["parameters"] < before and report["parameter_reduction"] > 0
     for step in kept:
@@ -105,7 +105,7 @@ def test_resume_after_crash_reaches_the_same_weights(tmp_path):
     messages = []
     resumed = trained_task()
     resumed_model, _ = compress(resumed, CONFIG, tmp_path / "b", log=messages.append)
-    assert messages[0].startswith("resuming after step 2 of 4")
+    assert messages[0].startswith("resuming after step 2 of 5")
     expected, actual = expected_model.state_dict(), resumed_model.state_dict()
     assert expected.keys() == actual.keys()
     for name in expected:

@@ -16,11 +16,12 @@ def test_minilm_sst2_spectrum(tmp_path, capsys):
     assert main(["spectrum", "--train", str(SST2), "--out", str(tmp_path), "--calibration-samples", "96",
                  "--batch-size", "48", "--threshold", "tracy_widom"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    # word embeddings, then 6 layers × (QKV, attention output, FFN in, FFN out)
-    assert report["examples"] == 96 and len(report["sites"]) == 25
+    # word embeddings, then 6 layers × (QKV, attention output, FFN in, FFN out's input, FFN out's output)
+    assert report["examples"] == 96 and len(report["sites"]) == 31
     assert report["sites"][0]["modules"] == ["bert.embeddings.word_embeddings"]
     qkv = report["sites"][1]
     assert qkv["modules"] == [f"bert.encoder.layer.0.attention.self.{m}" for m in ("query", "key", "value")]
+    assert report["sites"][5]["site"] == "bert.encoder.layer.0.output.dense [output]"
     for site in report["sites"]:
         assert 0 < site["k"] < site["d"] and site["threshold_rule"] == "tracy_widom"
         assert (tmp_path / site["plot"]).stat().st_size > 10_000

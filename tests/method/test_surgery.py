@@ -67,7 +67,7 @@ def full_basis(site):
 def test_sites_of_every_kind_are_found():
     sites = calibrated(TextModel(), text_batches(), text_forward)
     assert [(s.kind, s.names) for s in sites] == [("embedding", ["embed"]), ("linear", ["q", "k"]),
-                                                  ("linear", ["head"])]
+                                                  ("linear", ["head"]), ("linear_output", ["head"])]
     conv_sites = discover_sites(ConvModel(), {"images": torch.randn(2, 3, 8, 8)}, conv_forward)
     assert [(s.kind, s.names, s.dim) for s in conv_sites] == [("conv2d", ["stem"], 3), ("conv2d", ["a", "b"], 12)]
 
@@ -77,7 +77,7 @@ def test_full_rank_rewrite_reproduces_outputs_and_counts_match():
     model = TextModel()
     batches = text_batches()
     reference = text_forward(model, batches[0]).detach()
-    sites = calibrated(model, batches, text_forward)
+    sites = [s for s in calibrated(model, batches, text_forward) if s.kind != "linear_output"]  # one side each
     for site in sites:
         before, after = site_parameters(model, site, site.dim)
         total_before = sum(p.numel() for p in model.parameters())
@@ -147,6 +147,10 @@ def test_bad_basis_is_named():
         rewrite_site(model, sites[1], torch.zeros(15, 3), torch.zeros(16))
     with pytest.raises(ValueError, match="conv: expected groups=1"):
         ProjectedConv2d(nn.Conv2d(4, 4, 3, groups=4), 2)
+    with pytest.raises(ValueError, match=r"basis: expected shape \(3, k\) with k >= 1 for a Linear with 3 outputs"):
+        ProjectedLinear.from_linear_output(nn.Linear(24, 3), torch.eye(24)[:, :2])
+    with pytest.raises(ValueError, match=r"basis: expected orthonormal columns"):
+        ProjectedLinear.from_linear_output(nn.Linear(24, 3), torch.ones(3, 2))
 
 
 def test_shared_site_projects_its_input_once_in_inference():
@@ -182,3 +186,35 @@ def test_shared_site_projects_its_input_once_in_inference():
     assert clone.q.shared_input is clone.k.shared_input is not model.q.shared_input
     assert clone.q.shared_input._projected is None
     assert pickle.loads(pickle.dumps(model.q.shared_input))._projected is None
+
+
+class Narrowing(nn.Module):
+    """wide → narrow Linear whose outputs live on a rank-3 affine subspace (plus the head reading them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down, self.head = nn.Linear(6, 40), nn.Linear(40, 12), nn.Linear(12, 2)
+        with torch.no_grad():  # down's weight has rank 3: its outputs span 3 directions around its bias
+            self.down.weight.copy_(torch.randn(12, 3) @ torch.randn(3, 40))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.down(torch.relu(self.up(x)))))
+
+
+def test_a_narrowing_linear_is_projected_on_its_output():
+    torch.manual_seed(3)
+    model = Narrowing()
+    forward = lambda m, b: m(b["x"])  # noqa: E731
+    batches = [{"x": torch.randn(64, 6)} for _ in range(3)]
+    sites = calibrated(model, batches, forward)
+    assert [(s.kind, s.names, s.dim, s.name) for s in sites[1:3]] == [
+        ("linear", ["down"], 40, "down"), ("linear_output", ["down"], 12, "down [output]")]
+    output = sites[2]
+    reference = forward(model, batches[0]).detach()
+    before, after = site_parameters(model, output, 3)
+    assert (before, after) == (40 * 12 + 12, 3 * (40 + 12) + 12)
+    basis = torch.linalg.eigh(output.accumulator.covariance())[1][:, -3:]
+    rewrite_site(model, output, basis.float(), output.accumulator.mean())
+    assert isinstance(model.down, ProjectedLinear) and model.down.rank == 3
+    assert sum(p.numel() for p in model.down.parameters()) == after
+    torch.testing.assert_close(forward(model, batches[0]), reference, rtol=1e-4, atol=1e-4)  # rank 3 is exact

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from rmtkd.persistence import save_figure_atomically
 from rmtkd.spectral.noise import nonzero_eigenvalues
 from rmtkd.spectral.selection import SubspaceSelection
 
@@ -65,9 +64,4 @@ def plot_spectrum(selection: SubspaceSelection, path: str | Path, title: Optiona
     ax.legend(loc="upper right", fontsize=9, framealpha=0.9)
     heading = title or "Activation spectrum"
     ax.set_title(f"{heading}: k = {selection.k} of {selection.d} directions kept", fontsize=11)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as handle:
-        fig.savefig(handle, format="png")
-    os.replace(handle.name, path)
-    return path
+    return save_figure_atomically(fig, path)
