@@ -89,3 +89,50 @@ def test_rmtkd_bench_runs_the_suite(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no runs/bbc-news-minilm here: the end-to-end part says it is skipped
     assert rmtkd(["bench", "--quick", "--device", "cpu", "--out", str(tmp_path / "results")]) == 0
     assert (tmp_path / "results" / "cpu-quick" / "kernels.json").is_file()
+
+
+def test_nvml_meter_falls_back_to_power_sampling_and_says_so(monkeypatch):
+    """A GPU whose total-energy counter is unsupported: energy is integrated from power samples, and the
+    method says so (a fake pynvml stands in for the driver)."""
+    import types
+
+    class NVMLError(Exception):
+        pass
+
+    def unsupported(handle):
+        raise NVMLError("Not Supported")
+
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError, NVML_CLOCK_SM=0, NVML_CLOCK_MEM=1, NVML_TEMPERATURE_GPU=0,
+        nvmlInit=lambda: None, nvmlDeviceGetHandleByIndex=lambda index: "gpu0",
+        nvmlDeviceGetTotalEnergyConsumption=unsupported,
+        nvmlDeviceGetPowerUsage=lambda handle: 150_000,  # mW
+        nvmlDeviceGetClockInfo=lambda handle, kind: 1980, nvmlDeviceGetTemperature=lambda handle, kind: 40,
+        nvmlDeviceGetEnforcedPowerLimit=lambda handle: 700_000)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    energy = load("energy")
+    meter = energy.NvmlMeter(torch.device("cuda", 0))
+    assert meter.method.startswith("nvml power sampling") and "unsupported" in meter.method
+    joules, seconds, calls = meter.window(lambda: (__import__("time").sleep(0.2), 3)[1])
+    assert calls == 3 and joules == pytest.approx(150.0 * seconds)
+    assert meter.state() == {"sm_clock_mhz": 1980, "mem_clock_mhz": 1980, "temperature_c": 40,
+                             "power_limit_w": 700.0}
+
+
+def test_measure_reports_per_item_and_above_idle():
+    energy = load("energy")
+
+    class Meter:  # 50 J over a 2 s window, whatever ran
+        method, idle_watts = "fake", 10.0
+
+        def window(self, body):
+            return 50.0, 2.0, body()
+
+        def state(self):
+            return {"temperature_c": 40}
+
+    result = energy.measure(Meter(), lambda: None, torch.device("cpu"), min_seconds=0.01, items_per_call=4)
+    items = 4 * result["calls"]
+    assert result["joules_per_item"] == pytest.approx(50.0 / items) and result["watts"] == pytest.approx(25.0)
+    assert result["joules_per_item_above_idle"] == pytest.approx(30.0 / items)
+    assert result["watts_above_idle"] == pytest.approx(15.0) and result["temperature_c"] == 40
