@@ -5,18 +5,34 @@ they would otherwise sit in cache, ratios only between numbers measured in the s
 """
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import re
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
 import rmtkd_kernels
 from rmtkd.persistence import write_text_atomically
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device, --quick and --out, shared by every benchmark script."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny inputs and few calls (smoke run)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+
+
+def usable_device(args: argparse.Namespace, script: str) -> Optional[torch.device]:
+    """The device to benchmark, or None (after saying so) when a GPU is asked for and none is visible."""
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"{script}: --device cuda: no GPU visible to torch; GPU part skipped (run with --device cpu)")
+        return None
+    return torch.device(args.device)
 
 
 def synchronize(device: torch.device) -> None:

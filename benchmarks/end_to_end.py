@@ -29,7 +29,9 @@ os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_slug, machine_info, markdown_table, write_results  # noqa: E402
+from common import (  # noqa: E402
+    add_common_arguments, device_slug, machine_info, markdown_table, usable_device, write_results,
+)
 from energy import measure, measure_idle, open_meter  # noqa: E402
 
 from rmtkd.metrics import count_parameters  # noqa: E402
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--run", default="runs/bbc-news-minilm", help="an `rmtkd compress` output folder")
     which.add_argument("--models", nargs=2, metavar=("ORIGINAL", "COMPRESSED"), help="two model folders")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_common_arguments(parser)
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--batch", type=int, default=None, help="the large batch (default 64 on GPU, 16 on CPU)")
     parser.add_argument("--modes", nargs="+", choices=("eager", "compile"), default=["eager", "compile"])
@@ -174,13 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=2.0, help="seconds of timed calls per configuration")
     parser.add_argument("--energy-window", type=float, default=1.0, help="seconds per energy window (>= 1)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true", help="one short length, few calls: the smoke run")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("end_to_end: --device cuda: no GPU visible to torch; GPU part skipped (run with --device cpu)")
+    device = usable_device(args, "end_to_end")
+    if device is None:
         return 0
-    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:

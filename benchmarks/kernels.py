@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    buffer_count, device_slug, machine_info, markdown_table, measure_roofline, median_seconds, write_results,
+    add_common_arguments, buffer_count, device_slug, machine_info, markdown_table, measure_roofline, median_seconds,
+    usable_device, write_results,
 )
 
 from rmtkd_kernels import cov_accumulate, projected_linear  # noqa: E402
@@ -138,14 +139,11 @@ def bench_projected(device: torch.device, quick: bool, roof: dict[str, float]) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes and few calls (smoke run)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("kernels: --device cuda: no GPU visible to torch; GPU part skipped (run with --device cpu)")
+    device = usable_device(args, "kernels")
+    if device is None:
         return 0
-    device = torch.device(args.device)
     torch.manual_seed(0)
     roof_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     roof = measure_roofline(device, roof_dtype, args.quick)
