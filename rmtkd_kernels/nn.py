@@ -45,10 +45,12 @@ class SharedInputProjection:
         self.__init__()
 
 
-def _checked_basis(linear: nn.Linear, basis: Tensor, mean: Optional[Tensor], dim: int, side: str) -> Tensor:
-    """The basis as float64 after checking it (dim, k >= 1) with orthonormal columns, and the mean (dim,)."""
+def _checked_basis(linear: nn.Linear, basis: Tensor, mean: Optional[Tensor], side: str) -> Tensor:
+    """The basis as float64 after checking it: (d, k >= 1) with orthonormal columns, d the Linear's number of
+    ``side`` ("inputs" or "outputs"); and the mean: (d,)."""
     if not isinstance(linear, nn.Linear):
         raise ValueError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+    dim = linear.in_features if side == "inputs" else linear.out_features
     if not isinstance(basis, Tensor) or basis.dim() != 2 or basis.shape[0] != dim or basis.shape[1] < 1:
         got = tuple(basis.shape) if isinstance(basis, Tensor) else type(basis).__name__
         raise ValueError(f"basis: expected shape ({dim}, k) with k >= 1 for a Linear with {dim} {side}, got {got}")
@@ -113,7 +115,7 @@ class ProjectedLinear(nn.Module):
         With the activation mean μ the projection acts on centered inputs, and the constant part
         W (I − P Pᵀ) μ goes into the bias, so a layer whose inputs stay near span(P) + μ is reproduced.
         """
-        p = _checked_basis(linear, basis, mean, linear.in_features, "inputs")
+        p = _checked_basis(linear, basis, mean, "inputs")
         d_in = linear.in_features
         w = linear.weight.detach().to(torch.float64)
         p = p.to(w.device)
@@ -140,7 +142,7 @@ class ProjectedLinear(nn.Module):
         For a Linear that narrows (d_out < d_in) whose outputs span few directions: as a ProjectedLinear its
         basis is Wᵀ Q (d_in, k, not orthonormal), its weight Q and its bias Q Qᵀ (b − μ) + μ.
         """
-        q = _checked_basis(linear, basis, mean, linear.out_features, "outputs")
+        q = _checked_basis(linear, basis, mean, "outputs")
         w = linear.weight.detach().to(torch.float64)
         q = q.to(w.device)
         b = linear.bias.detach().to(torch.float64) if linear.bias is not None else torch.zeros_like(w[:, 0])
