@@ -15,15 +15,19 @@ def read_text_table(path: str | Path, text_column: str = "sentence",
     if not path.is_file():
         raise ValueError(f"data: file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix in (".tsv", ".csv"):
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",",
-                                       quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL))
-    elif suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as handle:
-            rows = [json.loads(line) for line in handle if line.strip()]
-    else:
+    if suffix not in (".tsv", ".csv", ".jsonl", ".json"):
         raise ValueError(f"data: expected a .tsv, .csv or .jsonl file, got {path.name}")
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            if suffix in (".tsv", ".csv"):
+                rows = list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",",
+                                           quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL))
+            else:
+                rows = [json.loads(line) for line in handle if line.strip()]
+    except (OSError, UnicodeDecodeError, csv.Error, json.JSONDecodeError) as error:
+        raise ValueError(f"data: cannot read {path} as UTF-8 {suffix[1:].upper()} ({error})") from None
+    if rows and not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"data: {path} must hold one JSON object per line")
     if not rows:
         raise ValueError(f"data: {path} holds no rows")
     columns = list(rows[0].keys())

@@ -29,3 +29,12 @@ def test_errors_name_the_problem(tmp_path):
     (tmp_path / "c.parquet").write_text("x")
     with pytest.raises(ValueError, match="expected a .tsv, .csv or .jsonl"):
         read_text_table(tmp_path / "c.parquet")
+    (tmp_path / "binary.tsv").write_bytes(b"sentence\tlabel\n\xff\xfe\x00\x81\t1\n")
+    with pytest.raises(ValueError, match=r"data: cannot read .*binary.tsv as UTF-8 TSV"):
+        read_text_table(tmp_path / "binary.tsv")
+    (tmp_path / "broken.jsonl").write_text('{"sentence": "ok", "label": 1}\n{"sentence": \n')
+    with pytest.raises(ValueError, match=r"data: cannot read .*broken.jsonl as UTF-8 JSONL"):
+        read_text_table(tmp_path / "broken.jsonl")
+    (tmp_path / "list.jsonl").write_text('["not", "an", "object"]\n')
+    with pytest.raises(ValueError, match="must hold one JSON object per line"):
+        read_text_table(tmp_path / "list.jsonl")
