@@ -22,17 +22,18 @@ class SharedInputProjection:
     """
 
     def __init__(self) -> None:
-        self._input: Optional[weakref.ref] = None
+        self._key: Optional[tuple] = None  # (weak ref to the input, basis parameter, its version, dtype)
         self._projected: Optional[Tensor] = None
 
-    def project(self, source: Tensor, x: Tensor, basis: Tensor) -> Tensor:
-        """``x @ basis``, reused while the layer input ``source`` (x before any autocast cast) is the same."""
-        cached = self._projected
-        if self._input is not None and self._input() is source and cached is not None \
-                and cached.dtype == basis.dtype and cached.device == basis.device:
-            return cached
+    def project(self, source: Tensor, x: Tensor, parameter: Tensor, basis: Tensor) -> Tensor:
+        """``x @ basis``, reused while the layer input ``source`` (x before any autocast cast) and the basis
+        ``parameter`` (unchanged since: same version) are the same; ``basis`` is the parameter as computed with."""
+        key = self._key
+        if key is not None and key[0]() is source and key[1] is parameter and key[2] == parameter._version \
+                and key[3] == basis.dtype:
+            return self._projected
         projected = x @ basis
-        self._input, self._projected = weakref.ref(source), projected
+        self._key, self._projected = (weakref.ref(source), parameter, parameter._version, basis.dtype), projected
         return projected
 
     def __deepcopy__(self, memo: dict) -> "SharedInputProjection":
@@ -162,7 +163,7 @@ class ProjectedLinear(nn.Module):
             x, basis, weight = x.to(dtype), basis.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         if self.shared_input is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            return F.linear(self.shared_input.project(source, x, basis), weight, bias)
+            return F.linear(self.shared_input.project(source, x, self.basis, basis), weight, bias)
         return projected_linear(x, basis, weight, bias, backend=self.backend)
 
     def to_linear(self) -> nn.Linear:

@@ -182,9 +182,16 @@ def test_shared_site_projects_its_input_once_in_inference():
     with torch.no_grad():  # a new input of the same shape is projected afresh, not served from the cache
         other = text_forward(model, batches[1])
         torch.testing.assert_close(other, text_forward(model, {k: v.clone() for k, v in batches[1].items()}))
+    with torch.no_grad():  # the basis changed in place (an optimizer step): the cached projection is not reused
+        h = model.embed(batches[0]["ids"])
+        before = model.k(h)
+        model.q.basis.mul_(2.0)
+        model.q(h)
+        torch.testing.assert_close(model.k(h), model.k(h.clone()))
+        assert not torch.allclose(model.k(h), before)
     clone = copy.deepcopy(model)
     assert clone.q.shared_input is clone.k.shared_input is not model.q.shared_input
-    assert clone.q.shared_input._projected is None
+    assert clone.q.shared_input._projected is None and clone.q.shared_input._key is None
     assert pickle.loads(pickle.dumps(model.q.shared_input))._projected is None
 
 
