@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    add_common_arguments, device_slug, machine_info, markdown_table, usable_device, write_results,
+    add_common_arguments, device_slug, machine_info, markdown_table, median_seconds, usable_device,
+    write_results,
 )
 from energy import measure, measure_idle, open_meter  # noqa: E402
 
@@ -72,22 +72,6 @@ def forward_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], text: boo
     return lambda: model(batch["images"])
 
 
-def median_ms(run: Callable[[], object], device: torch.device, min_time: float, min_reps: int = 5) -> float:
-    for _ in range(3):
-        run()
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - started < min_time:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def configurations(compressed: bool, modes: list[str]) -> list[tuple[str, tuple[str, str | None]]]:
     """(mode, (path, RMTKD_BACKEND setting)); the original has no projected layers: only its own path."""
     paths: list[tuple[str, str | None]] = [("fused", None)]
@@ -116,7 +100,7 @@ def bench_model(name: str, loaded: LoadedModel, args: argparse.Namespace, device
                     compile_started = time.perf_counter()
                     run()
                     first_call_s = time.perf_counter() - compile_started
-                    ms = median_ms(run, device, args.min_time)
+                    ms = 1e3 * median_seconds(lambda _: run(), device, args.min_time)
                     energy = (measure(meter, run, device, args.energy_window, items_per_call=batch) if meter
                               else {"available": False, "reason": energy_note})
                 rows.append({"model": name, "parameters": count_parameters(model), "mode": mode, "path": path,

@@ -37,8 +37,8 @@ from rmtkd.report import TRADEOFF_PLOT, summary_table, write_report
 from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS
 from rmtkd.spectrum import write_spectra
 from rmtkd.tasks import (
-    dataset_name, image_latency_probe, label_ids, load_model_folder, prepare_images, prepare_text, read_text_data,
-    text_latency_probe,
+    dataset_name, image_eval_set, image_latency_probe, load_model_folder, prepare_images, prepare_text, read_text_data,
+    text_eval_batches, text_latency_probe,
 )
 
 RUN_FILE = "run.json"  # the arguments of the run that owns an output folder
@@ -182,15 +182,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
     model = loaded.model.to(args.device).eval()
     if loaded.is_text:
         data = read_text_data(args)
-        batches = hf_text.batches(loaded.tokenizer, data.eval_texts, label_ids(model.config, data.eval_labels), 64,
-                                  args.max_len)
+        batches = text_eval_batches(loaded.tokenizer, model.config, data, args.max_len)
         forward, probe, name = hf_text.logits, text_latency_probe(loaded.tokenizer, data.eval_texts[0],
                                                                   args.latency_seq_len), data.name
     else:
-        images, labels = vision.load_fashion_mnist("test")
-        images, labels = images[: args.eval_samples], labels[: args.eval_samples]
-        batches, forward, probe, name = vision.image_batches(images, labels, 500), vision.logits, \
-            image_latency_probe(images), "fashion-mnist"
+        images, batches = image_eval_set(args.eval_samples)
+        forward, probe, name = vision.logits, image_latency_probe(images), "fashion-mnist"
     result: dict[str, Any] = {
         "model": str(args.model), "data": name, "examples": sum(len(b["labels"]) for b in batches),
         "compressed_by_rmtkd": bool(loaded.meta and loaded.meta.get("rewrites")),

@@ -154,13 +154,24 @@ def prepare_text(args: argparse.Namespace, out: Path, log: Log, progress: Progre
                                                    shuffle_seed=args.seed * 7919 + step, limit=args.distill_steps),
         calibration_batches=hf_text.batches(tokenizer, [data.train_texts[i] for i in calib], None, args.batch_size,
                                             args.max_len),
-        eval_batches=hf_text.batches(tokenizer, data.eval_texts, label_ids(model.config, data.eval_labels), 64,
-                                     args.max_len),
+        eval_batches=text_eval_batches(tokenizer, model.config, data, args.max_len),
         architecture=hf_text.architecture(model), build=hf_text.build,
         include=hf_text.include, block_of=hf_text.block_of,
     )
     return Prepared(task, data.name, text_latency_probe(tokenizer, data.eval_texts[0], args.latency_seq_len),
                     tokenizer)
+
+
+def text_eval_batches(tokenizer: Any, config: Any, data: TextData, max_len: int) -> list[dict]:
+    """The evaluation split in batches of 64, labels mapped through the model's label map."""
+    return hf_text.batches(tokenizer, data.eval_texts, label_ids(config, data.eval_labels), 64, max_len)
+
+
+def image_eval_set(eval_samples: Optional[int]) -> tuple[torch.Tensor, list[dict]]:
+    """(images, batches of 500) of the first ``eval_samples`` Fashion-MNIST test images (all if None)."""
+    images, labels = vision.load_fashion_mnist("test")
+    images, labels = images[:eval_samples], labels[:eval_samples]
+    return images, vision.image_batches(images, labels, 500)
 
 
 def text_latency_probe(tokenizer: Any, text: str, seq_len: int) -> Callable[[nn.Module], object]:
@@ -171,8 +182,7 @@ def text_latency_probe(tokenizer: Any, text: str, seq_len: int) -> Callable[[nn.
 
 def prepare_images(args: argparse.Namespace, out: Path, log: Log, progress: Progress) -> Prepared:
     images, labels = vision.load_fashion_mnist("train")
-    test_images, test_labels = vision.load_fashion_mnist("test")
-    test_images, test_labels = test_images[: args.eval_samples], test_labels[: args.eval_samples]
+    test_images, eval_batches = image_eval_set(args.eval_samples)
     calib, fit = split_train(len(images), args.calibration_samples or len(images) // 10, args.train_samples,
                              args.seed)
     fit_images, fit_labels = images[fit], labels[fit]
@@ -195,7 +205,7 @@ def prepare_images(args: argparse.Namespace, out: Path, log: Log, progress: Prog
         train_batches=lambda step: vision.image_batches(fit_images, fit_labels, 128,
                                                         args.seed * 7919 + step)[: args.distill_steps],
         calibration_batches=vision.image_batches(images[calib], labels[calib], 256),
-        eval_batches=vision.image_batches(test_images, test_labels, 500),
+        eval_batches=eval_batches,
         architecture=vision.architecture(model), build=vision.build,
         include=vision.include, block_of=vision.block_of, mask_key=None,
     )
