@@ -40,30 +40,30 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[int], object], device: torch.device, min_time: float, min_reps: int = 5) -> float:
-    """Median wall time of fn(i) for i = 0, 1, ... (i picks a rotating input buffer), after two warm-up calls.
+def call_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call: CUDA events on GPU, perf_counter on CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
 
-    GPU calls are timed with CUDA events; CPU calls with perf_counter.
-    """
+
+def median_seconds(fn: Callable[[int], object], device: torch.device, min_time: float, min_reps: int = 5) -> float:
+    """Median wall time of fn(i) for i = 0, 1, ... (i picks a rotating input buffer), after two warm-up calls."""
     for i in range(2):
         fn(i)
     synchronize(device)
     times: list[float] = []
     started = time.perf_counter()
-    i = 0
     while len(times) < min_reps or time.perf_counter() - started < min_time:
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(i)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn(i)
-            times.append(time.perf_counter() - t0)
-        i += 1
+        index = len(times)
+        times.append(call_seconds(lambda: fn(index), device))
     return statistics.median(times)
 
 

@@ -5,19 +5,22 @@ model/), as a user would run them.
     python benchmarks/end_to_end.py --models ORIGINAL COMPRESSED --device cuda
     python benchmarks/end_to_end.py --quick --run RUN                     # CI's smoke run
 
-For every sequence length (text) it measures batch-1 latency (median of calls, synchronised; the best of
---rounds passes that alternate the two models) and the throughput of a large batch, in eager mode and under
-``torch.compile``, and for the compressed model both with the fused projected_linear kernels (the automatic
-backend) and with the plain two-matmul path (RMTKD_BACKEND=reference), so the kernels' share of the speed-up
-is visible. Energy per inference comes from benchmarks/energy.py (NVML on
-GPU, RAPL on CPU, or a line saying why there is none). Ratios are against the original measured in this run.
-Writes <out>/<device>/end_to_end[-LABEL].{json,md,png}.
+For every sequence length (text) it measures batch-1 latency and the throughput of a large batch, in eager
+mode and under ``torch.compile``, and for the compressed model both with the fused projected_linear kernels
+(the automatic backend) and with the plain two-matmul path (RMTKD_BACKEND=projected_linear=reference), so the
+kernels' share of the speed-up is visible. Each configuration times the original and the compressed model as a
+pair, in alternating blocks of calls (median per call, synchronised), and the speed-up divides the two: on a
+small shared machine a slow stretch then falls on both models instead of on one. Energy per inference comes
+from benchmarks/energy.py (NVML on GPU, RAPL on CPU, or a line saying why there is none), with the target
+checks of the README. Writes <out>/<device>/end_to_end[-LABEL].{json,md,png}.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,7 +33,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    add_common_arguments, device_slug, machine_info, markdown_table, median_seconds, usable_device,
+    add_common_arguments, call_seconds, device_slug, machine_info, markdown_table, usable_device,
     write_results,
 )
 from energy import measure, measure_idle, open_meter  # noqa: E402
@@ -72,75 +75,116 @@ def forward_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], text: boo
     return lambda: model(batch["images"])
 
 
-def configurations(compressed: bool, modes: list[str]) -> list[tuple[str, tuple[str, str | None]]]:
-    """(mode, (path, RMTKD_BACKEND setting)); the original has no projected layers: only its own path."""
-    paths: list[tuple[str, str | None]] = [("fused", None)]
-    if compressed:
-        paths.append(("two-matmul", "projected_linear=reference"))
-    return [(mode, path) for mode in modes for path in paths]
+PATHS: tuple[tuple[str, str | None], ...] = (("fused", None), ("two-matmul", "projected_linear=reference"))
+BLOCK_SECONDS = 0.1  # one block of timed calls of one model before the other model's block
 
 
-def bench_model(name: str, loaded: LoadedModel, args: argparse.Namespace, device: torch.device,
+def paired_medians(runs: dict[str, Callable[[], object]], setting: str | None, device: torch.device,
+                   min_time: float, min_calls: int = 5) -> dict[str, float]:
+    """Median call time of each run, timed in alternating blocks (original, compressed, original, …) until each
+    has had ``min_time`` seconds, so that a slow stretch of a shared machine falls on both models alike.
+
+    The first call of each block is not counted: it refills the caches after the other model ran.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    started = time.perf_counter()
+    with backend_setting(setting):
+        while (min(len(t) for t in times.values()) < min_calls
+               or time.perf_counter() - started < min_time * len(runs)):
+            for name, run in runs.items():
+                run()
+                block_started = time.perf_counter()
+                while time.perf_counter() - block_started < BLOCK_SECONDS or len(times[name]) < 2:
+                    times[name].append(call_seconds(run, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_pairs(original: LoadedModel, compressed: LoadedModel, args: argparse.Namespace, device: torch.device,
                 meter: Any, energy_note: str) -> list[dict[str, Any]]:
-    model = loaded.model.to(device).eval()
-    compressed = bool(loaded.meta and loaded.meta.get("rewrites"))
-    rows = []
-    seq_lens = args.seq_lens if loaded.is_text else [0]
-    for mode, (path, setting) in configurations(compressed, args.modes):
-        if mode == "compile":
-            torch._dynamo.reset()  # the backend choice is traced into the graph: no reuse across paths
-        runner = torch.compile(model, dynamic=False) if mode == "compile" else model
-        for seq_len in seq_lens:
-            for batch in (1, args.batch):
-                if mode == "compile" and batch != 1 and not args.compile_throughput:
-                    continue
-                data = inputs(loaded, batch, seq_len, device)
-                run = forward_fn(runner, data, loaded.is_text)
-                with backend_setting(setting), torch.inference_mode():
-                    compile_started = time.perf_counter()
-                    run()
-                    first_call_s = time.perf_counter() - compile_started
-                    ms = 1e3 * median_seconds(lambda _: run(), device, args.min_time)
-                    energy = (measure(meter, run, device, args.energy_window, items_per_call=batch) if meter
-                              else {"available": False, "reason": energy_note})
-                rows.append({"model": name, "parameters": count_parameters(model), "mode": mode, "path": path,
-                             "seq_len": seq_len or None, "batch": batch, "ms": ms, "items_per_s": batch / ms * 1e3,
-                             "first_call_s": first_call_s, "energy": energy})
-                print(f"{name:>10} {mode:>7} {path:>10} seq {seq_len:>4} batch {batch:>3}: {ms:8.2f} ms"
-                      + (f", {energy['joules_per_item'] * 1e3:.2f} mJ/item" if energy["available"] else ""),
-                      flush=True)
+    """Every (mode, path, sequence length, batch): the original and the compressed model timed as a pair.
+
+    The compressed model runs on each path (fused kernels / two matmuls) paired with its own measurement of the
+    original, whose row is reported once (from the fused pairing); ``speedup`` divides the paired times.
+    """
+    models = {"original": original.model.to(device).eval(), "compressed": compressed.model.to(device).eval()}
+    parameters = {name: count_parameters(model) for name, model in models.items()}
+    rows: list[dict[str, Any]] = []
+    seq_lens = args.seq_lens if original.is_text else [0]
+    for mode in args.modes:
+        for path, setting in PATHS:
+            if mode == "compile":
+                torch._dynamo.reset()  # the backend choice is traced into the graph: no reuse across paths
+            runners = {name: torch.compile(model, dynamic=False) if mode == "compile" else model
+                       for name, model in models.items()}
+            for seq_len in seq_lens:
+                for batch in (1, args.batch):
+                    if mode == "compile" and batch != 1 and not args.compile_throughput:
+                        continue
+                    data = inputs(original, batch, seq_len, device)
+                    runs = {name: forward_fn(runner, data, original.is_text) for name, runner in runners.items()}
+                    with backend_setting(setting), torch.inference_mode():
+                        first_call_s = {name: call_seconds(run, device) for name, run in runs.items()}
+                    with torch.inference_mode():
+                        seconds = paired_medians(runs, setting, device, args.min_time)
+                    for name in ("original", "compressed") if path == "fused" else ("compressed",):
+                        with backend_setting(setting), torch.inference_mode():
+                            energy = (measure(meter, runs[name], device, args.energy_window, items_per_call=batch)
+                                      if meter else {"available": False, "reason": energy_note})
+                        ms = seconds[name] * 1e3
+                        rows.append({"model": name, "parameters": parameters[name], "mode": mode, "path": path,
+                                     "seq_len": seq_len or None, "batch": batch, "ms": ms,
+                                     "items_per_s": batch / ms * 1e3, "paired_original_ms": seconds["original"] * 1e3,
+                                     "speedup": seconds["original"] / seconds[name],
+                                     "first_call_s": first_call_s[name], "energy": energy})
+                    print(f"{mode:>7} {path:>10} seq {seq_len:>4} batch {batch:>3}: original "
+                          f"{seconds['original'] * 1e3:8.2f} ms, compressed {seconds['compressed'] * 1e3:8.2f} ms "
+                          f"({seconds['original'] / seconds['compressed']:.2f}x)", flush=True)
+    add_energy_ratios(rows)
     return rows
 
 
-def best_of_rounds(original: LoadedModel, compressed: LoadedModel, args: argparse.Namespace, device: torch.device,
-                   meter: Any, energy_note: str) -> list[dict[str, Any]]:
-    """Both models, alternately, ``args.rounds`` times; each configuration keeps its fastest median.
-
-    A transient slowdown (another process, a frequency dip) then cannot land on one model only: on a small
-    shared CPU a single pass can be off by 2x for a whole stretch. Energy is measured in the first round.
-    """
-    best: dict[tuple, dict[str, Any]] = {}
-    for round_index in range(args.rounds):
-        for name, loaded in (("original", original), ("compressed", compressed)):
-            for row in bench_model(name, loaded, args, device, meter if round_index == 0 else None, energy_note):
-                key = (row["model"], row["mode"], row["path"], row["seq_len"], row["batch"])
-                kept = best.setdefault(key, {**row, "ms_rounds": []})
-                kept["ms_rounds"].append(row["ms"])
-                kept["ms"] = min(kept["ms_rounds"])
-                kept["items_per_s"] = kept["batch"] / kept["ms"] * 1e3
-    return list(best.values())
-
-
-def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """speedup / energy ratio of every row against the original's row of the same mode, seq_len and batch."""
+def add_energy_ratios(rows: list[dict[str, Any]]) -> None:
+    """energy_ratio of every compressed row against the original's row of the same mode, seq_len and batch."""
     base = {(r["mode"], r["seq_len"], r["batch"]): r for r in rows if r["model"] == "original"}
     for row in rows:
         ref = base.get((row["mode"], row["seq_len"], row["batch"]))
-        if ref is None:
-            continue
-        row["speedup"] = ref["ms"] / row["ms"]
-        if row["energy"]["available"] and ref["energy"]["available"]:
+        if ref is not None and row["energy"]["available"] and ref["energy"]["available"]:
             row["energy_ratio"] = row["energy"]["joules_per_item"] / ref["energy"]["joules_per_item"]
+
+
+# The project's targets (README "Benchmarks"): at >= 50% fewer parameters, batch-1 latency >= 1.8x faster on
+# CPU; on GPU, energy per inference <= 0.6x the original's. Checked on the automatic (fused) path, batch 1.
+MIN_REDUCTION, CPU_SPEEDUP, GPU_ENERGY_RATIO = 0.5, 1.8, 0.6
+
+
+def target_checks(rows: list[dict[str, Any]], device_type: str) -> dict[str, Any]:
+    """The compressed model's parameter reduction and, per mode and sequence length at batch 1, the measured
+    ratio against the target of this device type (speed-up on CPU, energy ratio on GPU; None: not measured)."""
+    params = {r["model"]: r["parameters"] for r in rows}
+    reduction = 1 - params["compressed"] / params["original"]
+    gpu = device_type == "cuda"
+    metric, target = ("energy_ratio", GPU_ENERGY_RATIO) if gpu else ("speedup", CPU_SPEEDUP)
+    checks = []
+    for row in rows:
+        if (row["model"], row["path"], row["batch"]) != ("compressed", "fused", 1):
+            continue
+        value = row.get(metric)
+        met = value is not None and reduction >= MIN_REDUCTION and (value <= target if gpu else value >= target)
+        checks.append({"mode": row["mode"], "seq_len": row["seq_len"], metric: value, "met": met})
+    wanted = f"energy per inference <= {target}x" if gpu else f"batch-1 speed-up >= {target}x"
+    return {"parameter_reduction": reduction, "target": f"at >= {MIN_REDUCTION:.0%} fewer parameters, {wanted}",
+            "metric": metric, "checks": checks}
+
+
+def targets_markdown(targets: dict[str, Any]) -> str:
+    metric = targets["metric"]
+    lines = [f"Target: {targets['target']}. Parameter reduction: {targets['parameter_reduction']:.1%}.", "",
+             "| mode | seq_len | " + metric + " | met |", "|---|---|---|---|"]
+    for check in targets["checks"]:
+        value = check[metric]
+        lines.append(f"| {check['mode']} | {check['seq_len']} | "
+                     f"{'not measured' if value is None else f'{value:.2f}'} | {'yes' if check['met'] else 'no'} |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -162,9 +206,18 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def resolve_models(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(original, compressed): --models, or a run's teacher/ and model/. A run made with --no-fine-tune has no
+    teacher/: its original is the --model folder recorded in the run's run.json."""
     if args.models:
         return Path(args.models[0]), Path(args.models[1])
-    return Path(args.run) / "teacher", Path(args.run) / "model"
+    run = Path(args.run)
+    original = run / "teacher"
+    settings_file = run / "run.json"
+    if not original.exists() and settings_file.is_file():
+        settings = json.loads(settings_file.read_text())
+        if settings.get("no_fine_tune") and settings.get("model"):
+            original = Path(settings["model"])
+    return original, run / "model"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="the large batch (default 64 on GPU, 16 on CPU)")
     parser.add_argument("--modes", nargs="+", choices=("eager", "compile"), default=["eager", "compile"])
     parser.add_argument("--compile-throughput", action="store_true", help="also compile the large batch")
-    parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per configuration")
-    parser.add_argument("--rounds", type=int, default=3, help="passes over both models; the fastest median counts")
+    parser.add_argument("--min-time", type=float, default=2.0,
+                        help="seconds of timed calls per model and configuration (in alternating blocks)")
     parser.add_argument("--energy-window", type=float, default=1.0, help="seconds per energy window (>= 1)")
     parser.add_argument("--label", help="results go to end_to_end-LABEL.* (default: end_to_end.*)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
@@ -189,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        args.seq_lens, args.min_time, args.energy_window, args.rounds = [16], 0.05, 0.2, 1
+        args.seq_lens, args.min_time, args.energy_window = [16], 0.05, 0.2
     args.batch = args.batch or (64 if device.type == "cuda" else 16)
     original_path, compressed_path = resolve_models(args)
     try:
@@ -204,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     meter, energy_note = open_meter(device)
     idle = measure_idle(meter, device, 0.5 if args.quick else 3.0) if meter else None
     print(f"energy: {energy_note}" + (f"; idle {idle:.1f} W" if idle is not None else " (no energy numbers)"))
-    rows = best_of_rounds(original, compressed, args, device, meter, energy_note)
-    add_ratios(rows)
+    rows = bench_pairs(original, compressed, args, device, meter, energy_note)
+    targets = target_checks(rows, device.type)
     slug = device_slug(device) + ("-quick" if args.quick else "")
     out_dir = args.out / slug
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,13 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         f"# End-to-end benchmark ({slug})", f"Command: `{command.strip()}`",
         f"Original: `{original_path}`; compressed: `{compressed_path}`. Machine: `{info}`",
         f"Energy: {energy_note}" + (f"; idle {idle:.1f} W measured in this run." if idle is not None else "."),
+        targets_markdown(targets),
         markdown_table(flat, ["model", "parameters", "mode", "path", "seq_len", "batch", "ms", "items_per_s",
-                              "speedup", "mJ_per_item", "mJ_per_item_above_idle", "energy_ratio", "first_call_s"]),
+                              "paired_original_ms", "speedup", "mJ_per_item", "mJ_per_item_above_idle", "energy_ratio", "first_call_s"]),
         f"![speed-up]({name}.png)",
     ])
     write_results(out_dir, name, {"machine": info, "original": str(original_path),
                                           "compressed": str(compressed_path), "energy": energy_note,
-                                          "idle_watts": idle, "rows": rows}, markdown)
+                                          "idle_watts": idle, "targets": targets, "rows": rows}, markdown)
     print(markdown)
     print(f"\nwrote {out_dir}/{name}.json, {name}.md and {name}.png")
     return 0

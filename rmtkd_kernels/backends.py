@@ -64,8 +64,10 @@ def unsupported_reasons(backend: str, op: str, x: torch.Tensor, device: Optional
     return reasons
 
 
-def _forced_backend(op: str) -> Optional[str]:
-    setting = os.environ.get(ENV_VAR, "").strip()
+@functools.lru_cache(maxsize=64)
+def _parse_setting(op: str, setting: str) -> Optional[str]:
+    """The backend that RMTKD_BACKEND=setting forces for ``op`` (memoised: read on every call, parsed once)."""
+    setting = setting.strip()
     if not setting:
         return None
     if "=" not in setting:
@@ -80,11 +82,13 @@ def _forced_backend(op: str) -> Optional[str]:
 
 
 def choose_backend(op: str, x: torch.Tensor, backend: Optional[str] = None) -> str:
-    """The backend that runs ``op`` for input x: the forced one (checked) or the first able one in AUTO_ORDER."""
-    forced = backend or _forced_backend(op)
-    large = op == "projected_linear" and x.shape[0] > FUSED_MAX_ROWS
-    # Under torch.compile the choice is traced once per graph: the memo would only draw a Dynamo warning.
-    choose = _choose.__wrapped__ if torch.compiler.is_compiling() else _choose
+    """The backend that runs ``op`` for input x (..., d): the forced one (checked) or the first able one in
+    AUTO_ORDER."""
+    # Under torch.compile the choice is traced once per graph: the memos would only draw Dynamo warnings.
+    memos = (_parse_setting, _choose)
+    parse, choose = (memo.__wrapped__ for memo in memos) if torch.compiler.is_compiling() else memos
+    forced = backend or parse(op, os.environ.get(ENV_VAR, ""))
+    large = op == "projected_linear" and x.numel() > FUSED_MAX_ROWS * x.shape[-1]  # rows = numel / d
     return choose(op, x.device.type, x.dtype, large, forced, backend is not None, triton_interpreting())
 
 

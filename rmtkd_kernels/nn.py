@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmtkd_kernels.ops import projected_linear
+from rmtkd_kernels.ops import projected_linear_unchecked
 
 
 class SharedInputProjection:
@@ -157,6 +157,7 @@ class ProjectedLinear(nn.Module):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
         source, basis, weight, bias = x, self.basis, self.weight, self.bias
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
@@ -164,7 +165,18 @@ class ProjectedLinear(nn.Module):
             bias = bias.to(dtype) if bias is not None else None
         if self.shared_input is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return F.linear(self.shared_input.project(source, x, self.basis, basis), weight, bias)
-        return projected_linear(x, basis, weight, bias, backend=self.backend)
+        return projected_linear_unchecked(x, basis, weight, bias, self.backend)
+
+    def _check_input(self, x: Tensor) -> None:
+        """x against this layer's parameters (whose shapes the layer fixes): the only checks a forward needs."""
+        if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[-1] != self.in_features:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x: expected a tensor of shape (..., {self.in_features}), got {got}")
+        if x.device != self.basis.device:
+            raise ValueError(f"x: expected a tensor on {self.basis.device} (the layer's device), got {x.device}")
+        if x.dtype != self.basis.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"x: expected dtype {self.basis.dtype} (the layer's dtype; torch.autocast mixes "
+                             f"dtypes), got {x.dtype}")
 
     def to_linear(self) -> nn.Linear:
         """The equivalent nn.Linear (weight = W Pᵀ), e.g. to compare against or to export."""

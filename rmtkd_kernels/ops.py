@@ -122,10 +122,18 @@ def projected_linear(
     if not isinstance(x, Tensor) or x.dim() < 1:
         raise ValueError(f"x: expected a tensor with at least 1 dimension (..., d_in), got {type(x).__name__}"
                          + (f" of shape {tuple(x.shape)}" if isinstance(x, Tensor) else ""))
-    rows = x.reshape(-1, x.shape[-1])
-    check_projected_linear_args(rows, basis, weight, bias)
-    name = choose_backend("projected_linear", rows, backend)
+    check_projected_linear_args(x.reshape(-1, x.shape[-1]), basis, weight, bias)
+    return projected_linear_unchecked(x, basis, weight, bias, backend)
+
+
+def projected_linear_unchecked(
+    x: Tensor, basis: Tensor, weight: Tensor, bias: Optional[Tensor], backend: Optional[str]
+) -> Tensor:
+    """:func:`projected_linear` without its argument checks, for callers whose arguments are known to fit
+    (ProjectedLinear checks x against its own parameters). The full checks take ~5 µs, about a third of a
+    384-wide layer's time for one row on CPU."""
+    name = choose_backend("projected_linear", x, backend)
     if name == "reference":
         return reference.projected_linear_ref(x, basis, weight, bias)
-    y = torch.ops.rmtkd.projected_linear(rows, basis, weight, bias, name)
+    y = torch.ops.rmtkd.projected_linear(x.reshape(-1, x.shape[-1]), basis, weight, bias, name)
     return y.reshape(*x.shape[:-1], weight.shape[0])

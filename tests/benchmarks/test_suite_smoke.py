@@ -47,9 +47,42 @@ def test_end_to_end_quick(tmp_path, tiny_model, capsys):
         assert row["ms"] > 0 and row["speedup"] > 0
         assert row["energy"]["available"] or row["energy"]["reason"]  # a number or the reason there is none
     assert (tmp_path / "results" / "cpu-quick" / "end_to_end.png").stat().st_size > 10_000
+    assert [(c["mode"], c["seq_len"]) for c in result["targets"]["checks"]] == [("eager", 16), ("compile", 16)]
+    assert "Target: at >= 50% fewer parameters" in (tmp_path / "results" / "cpu-quick" / "end_to_end.md").read_text()
     assert end_to_end.main(["--quick", "--models", str(run / "teacher"), str(run / "teacher"), "--device",
                             "cpu", "--out", str(tmp_path / "results")]) == 2
     assert "is not a compressed model" in capsys.readouterr().err
+
+
+def test_targets_are_checked_against_the_measured_ratios():
+    end_to_end = load("end_to_end")
+
+    def row(model: str, parameters: int, seq_len: int, speedup: float, energy_ratio: float | None = None) -> dict:
+        extra = {"energy_ratio": energy_ratio} if energy_ratio is not None else {}
+        return {"model": model, "parameters": parameters, "mode": "eager", "path": "fused", "seq_len": seq_len,
+                "batch": 1, "speedup": speedup, **extra}
+
+    rows = [row("original", 1000, 32, 1.0), row("compressed", 400, 32, 1.79, 0.55),
+            row("compressed", 400, 128, 1.81), {**row("compressed", 400, 128, 3.0), "path": "two-matmul"}]
+    cpu = end_to_end.target_checks(rows, "cpu")
+    assert cpu["parameter_reduction"] == pytest.approx(0.6)
+    assert [(c["seq_len"], c["met"]) for c in cpu["checks"]] == [(32, False), (128, True)]
+    gpu = end_to_end.target_checks(rows, "cuda")  # energy measured at seq 32 only: seq 128 is not met
+    assert [(c["seq_len"], c["energy_ratio"], c["met"]) for c in gpu["checks"]] == [(32, 0.55, True), (128, None, False)]
+    assert "| eager | 128 | not measured | no |" in end_to_end.targets_markdown(gpu)
+    too_small = end_to_end.target_checks([row("original", 1000, 32, 1.0), row("compressed", 600, 32, 2.5)], "cpu")
+    assert not too_small["checks"][0]["met"]  # fast, but only 40% fewer parameters
+
+
+def test_a_run_without_teacher_folder_is_compared_with_its_model_argument(tmp_path):
+    end_to_end = load("end_to_end")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"model": "models/fine-tuned", "no_fine_tune": True}))
+    args = end_to_end.argparse.Namespace(models=None, run=str(run))
+    assert end_to_end.resolve_models(args) == (Path("models/fine-tuned"), run / "model")
+    (run / "teacher").mkdir()  # a fine-tuned teacher written by the run wins
+    assert end_to_end.resolve_models(args) == (run / "teacher", run / "model")
 
 
 def test_pytest_benchmark_kernels_smoke():

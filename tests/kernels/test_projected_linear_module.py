@@ -108,5 +108,9 @@ def test_bad_input_names_the_argument():
         ProjectedLinear.from_linear(nn.Conv1d(10, 4, 1), orthonormal(10, 3))
     with pytest.raises(ValueError, match="rank: expected a positive int"):
         ProjectedLinear(10, 4, 0)
-    with pytest.raises(ValueError, match="x: expected last dimension 10"):
+    with pytest.raises(ValueError, match="x: expected a tensor of shape \\(..., 10\\), got shape \\(2, 11\\)"):
         ProjectedLinear(10, 4, 3)(torch.randn(2, 11))
+    with pytest.raises(ValueError, match="x: expected dtype torch.float32 .*got torch.float64"):
+        ProjectedLinear(10, 4, 3)(torch.randn(2, 10, dtype=torch.float64))
+    with pytest.raises(ValueError, match="x: expected a tensor on cpu"):
+        ProjectedLinear(10, 4, 3)(torch.randn(2, 10, device="meta"))
