@@ -79,8 +79,8 @@ PATHS: tuple[tuple[str, str | None], ...] = (("fused", None), ("two-matmul", "pr
 BLOCK_SECONDS = 0.1  # one block of timed calls of one model before the other model's block
 
 
-def paired_medians(runs: dict[str, Callable[[], object]], setting: str | None, device: torch.device,
-                   min_time: float, min_calls: int = 5) -> dict[str, float]:
+def paired_medians(runs: dict[str, Callable[[], object]], device: torch.device, min_time: float,
+                   min_calls: int = 5) -> dict[str, float]:
     """Median call time of each run, timed in alternating blocks (original, compressed, original, …) until each
     has had ``min_time`` seconds, so that a slow stretch of a shared machine falls on both models alike.
 
@@ -88,14 +88,12 @@ def paired_medians(runs: dict[str, Callable[[], object]], setting: str | None, d
     """
     times: dict[str, list[float]] = {name: [] for name in runs}
     started = time.perf_counter()
-    with backend_setting(setting):
-        while (min(len(t) for t in times.values()) < min_calls
-               or time.perf_counter() - started < min_time * len(runs)):
-            for name, run in runs.items():
-                run()
-                block_started = time.perf_counter()
-                while time.perf_counter() - block_started < BLOCK_SECONDS or len(times[name]) < 2:
-                    times[name].append(call_seconds(run, device))
+    while min(len(t) for t in times.values()) < min_calls or time.perf_counter() - started < min_time * len(runs):
+        for name, run in runs.items():
+            run()
+            block_started = time.perf_counter()
+            while time.perf_counter() - block_started < BLOCK_SECONDS:
+                times[name].append(call_seconds(run, device))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -124,18 +122,17 @@ def bench_pairs(original: LoadedModel, compressed: LoadedModel, args: argparse.N
                     runs = {name: forward_fn(runner, data, original.is_text) for name, runner in runners.items()}
                     with backend_setting(setting), torch.inference_mode():
                         first_call_s = {name: call_seconds(run, device) for name, run in runs.items()}
-                    with torch.inference_mode():
-                        seconds = paired_medians(runs, setting, device, args.min_time)
-                    for name in ("original", "compressed") if path == "fused" else ("compressed",):
-                        with backend_setting(setting), torch.inference_mode():
-                            energy = (measure(meter, runs[name], device, args.energy_window, items_per_call=batch)
-                                      if meter else {"available": False, "reason": energy_note})
+                        seconds = paired_medians(runs, device, args.min_time)
+                        measured = ("original", "compressed") if path == "fused" else ("compressed",)
+                        energy = {name: measure(meter, runs[name], device, args.energy_window, items_per_call=batch)
+                                  if meter else {"available": False, "reason": energy_note} for name in measured}
+                    for name in measured:
                         ms = seconds[name] * 1e3
                         rows.append({"model": name, "parameters": parameters[name], "mode": mode, "path": path,
                                      "seq_len": seq_len or None, "batch": batch, "ms": ms,
                                      "items_per_s": batch / ms * 1e3, "paired_original_ms": seconds["original"] * 1e3,
                                      "speedup": seconds["original"] / seconds[name],
-                                     "first_call_s": first_call_s[name], "energy": energy})
+                                     "first_call_s": first_call_s[name], "energy": energy[name]})
                     print(f"{mode:>7} {path:>10} seq {seq_len:>4} batch {batch:>3}: original "
                           f"{seconds['original'] * 1e3:8.2f} ms, compressed {seconds['compressed'] * 1e3:8.2f} ms "
                           f"({seconds['original'] / seconds['compressed']:.2f}x)", flush=True)
