@@ -74,6 +74,21 @@ def test_targets_are_checked_against_the_measured_ratios():
     assert not too_small["checks"][0]["met"]  # fast, but only 40% fewer parameters
 
 
+def test_paired_timing_alternates_blocks_of_the_two_models():
+    end_to_end = load("end_to_end")
+    calls: list[str] = []
+
+    def run(name: str, seconds: float):
+        return lambda: (calls.append(name), __import__("time").sleep(seconds))
+
+    medians = end_to_end.paired_medians({"original": run("original", 0.02), "compressed": run("compressed", 0.01)},
+                                        torch.device("cpu"), min_time=0.3)
+    switches = [i for i in range(1, len(calls)) if calls[i] != calls[i - 1]]
+    assert len(switches) >= 3  # original, compressed, original, compressed, ... in blocks
+    assert all(j - i >= 2 for i, j in zip([0] + switches, switches))  # a block: a warm-up call and timed calls
+    assert medians["original"] == pytest.approx(0.02, abs=0.008) and medians["compressed"] < medians["original"]
+
+
 def test_a_run_without_teacher_folder_is_compared_with_its_model_argument(tmp_path):
     end_to_end = load("end_to_end")
     run = tmp_path / "run"
