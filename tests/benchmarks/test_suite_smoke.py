@@ -100,6 +100,13 @@ def test_a_run_without_teacher_folder_is_compared_with_its_model_argument(tmp_pa
     assert end_to_end.resolve_models(args) == (run / "teacher", run / "model")
 
 
+@needs_minilm
+def test_cpu_breakdown_runs(tiny_model, capsys):
+    assert load("cpu_breakdown").main(["--model", str(tiny_model), "--seq-len", "8", "--k", "16", "--calls", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ms per forward = matmuls" in out and "| thin 16 -> 1536 |" in out
+
+
 def test_pytest_benchmark_kernels_smoke():
     done = subprocess.run([sys.executable, "-m", "pytest", str(BENCHMARKS / "test_kernel_timings.py"), "-q",
                            "-p", "no:cacheprovider", "--benchmark-disable"],
