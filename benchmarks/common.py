@@ -67,6 +67,27 @@ def median_seconds(fn: Callable[[int], object], device: torch.device, min_time: 
     return statistics.median(times)
 
 
+BLOCK_SECONDS = 0.1  # one block of timed calls of one candidate before the next one's block
+
+
+def paired_medians(runs: dict[str, Callable[[], object]], device: torch.device, min_time: float,
+                   min_calls: int = 5) -> dict[str, float]:
+    """Median call time of each run, timed in alternating blocks (A, B, A, B, …) until each has had ``min_time``
+    seconds, so that a slow stretch of a shared machine falls on all of them alike.
+
+    The first call of each block is not counted: it refills the caches after the other run.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    started = time.perf_counter()
+    while min(len(t) for t in times.values()) < min_calls or time.perf_counter() - started < min_time * len(runs):
+        for name, run in runs.items():
+            run()
+            block_started = time.perf_counter()
+            while time.perf_counter() - block_started < BLOCK_SECONDS:
+                times[name].append(call_seconds(run, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def buffer_count(bytes_per_set: int, device: torch.device) -> int:
     """How many input sets to rotate so that a call does not find its inputs in the last-level cache."""
     cache = 64 << 20 if device.type == "cuda" else 32 << 20

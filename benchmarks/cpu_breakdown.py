@@ -6,14 +6,14 @@
    products (aten::addmm / mm) and everything else (attention, GELU, LayerNorm, copies, Python).
 2. Times the layer shapes of a 384-wide encoder at 128 rows: the square Linears the original runs against the
    k-wide ones of the compressed model, with ATen's default GEMM and with oneDNN's packed linear (what
-   torch.compile with freezing uses), in alternating calls.
+   torch.compile with freezing uses), in alternating blocks of calls.
 Prints a small table; writes nothing. Used for the analysis under README "Benchmarks".
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from rmtkd.tasks import load_model_folder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import paired_medians  # noqa: E402
 
 MATMUL_OPS = ("aten::addmm", "aten::mm")
 
@@ -42,18 +45,7 @@ def profile_split(model_dir: str, seq_len: int, calls: int) -> tuple[float, floa
     return matmul, total - matmul
 
 
-def alternating_medians(fns: dict[str, Callable[[], object]], calls: int) -> dict[str, float]:
-    """Median µs of each function, called in turn so that machine drift falls on all alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(calls):
-        for name, fn in fns.items():
-            started = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(t) * 1e6 for name, t in times.items()}
-
-
-def gemm_rates(k: int, rows: int, calls: int) -> None:
+def gemm_rates(k: int, rows: int, min_time: float) -> None:
     """GMAC/s of the square and the k-wide Linears of a 384-wide layer, ATen default vs oneDNN packed."""
     shapes = {"square 384 -> 384": (384, 384), "square 384 -> 1536": (384, 1536), f"thin 384 -> {k}": (384, k),
               f"thin {k} -> 384": (k, 384), f"thin {k} -> 1536": (k, 1536), f"thin 1536 -> {k}": (1536, k)}
@@ -68,7 +60,8 @@ def gemm_rates(k: int, rows: int, calls: int) -> None:
             if onednn:
                 packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
                 fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
-            us = alternating_medians(fns, calls)
+            us = {name: seconds * 1e6 for name, seconds in
+                  paired_medians(fns, torch.device("cpu"), min_time).items()}
             macs = rows * d_in * d_out
             cells = [f"{us[k]:.0f} | {macs / us[k] / 1e3:.0f}" if k in us else "n/a | n/a" for k in ("aten", "onednn")]
             print(f"| {name} | {cells[0]} | {cells[1]} |")
@@ -79,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="a text model folder (rmtkd or Hugging Face)")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--k", type=int, default=105, help="the compressed rank for the matmul timings")
-    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--calls", type=int, default=50, help="profiled forwards")
+    parser.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls per matmul candidate")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -88,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model}, batch 1, {args.seq_len} tokens, {torch.get_num_threads()} threads: "
           f"{matmul + other:.2f} ms per forward = matmuls {matmul:.2f} ms + the rest {other:.2f} ms "
           f"({other / (matmul + other):.0%})")
-    gemm_rates(args.k, args.seq_len, args.calls * 4)
+    gemm_rates(args.k, args.seq_len, args.min_time)
     return 0
 
 

@@ -20,9 +20,7 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -33,8 +31,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    add_common_arguments, call_seconds, device_slug, machine_info, markdown_table, usable_device,
-    write_results,
+    add_common_arguments, call_seconds, device_slug, machine_info, markdown_table, paired_medians,
+    usable_device, write_results,
 )
 from energy import measure, measure_idle, open_meter  # noqa: E402
 
@@ -76,27 +74,6 @@ def forward_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], text: boo
 
 
 PATHS: tuple[tuple[str, str | None], ...] = (("fused", None), ("two-matmul", "projected_linear=reference"))
-BLOCK_SECONDS = 0.1  # one block of timed calls of one model before the other model's block
-
-
-def paired_medians(runs: dict[str, Callable[[], object]], device: torch.device, min_time: float,
-                   min_calls: int = 5) -> dict[str, float]:
-    """Median call time of each run, timed in alternating blocks (original, compressed, original, …) until each
-    has had ``min_time`` seconds, so that a slow stretch of a shared machine falls on both models alike.
-
-    The first call of each block is not counted: it refills the caches after the other model ran.
-    """
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    started = time.perf_counter()
-    while min(len(t) for t in times.values()) < min_calls or time.perf_counter() - started < min_time * len(runs):
-        for name, run in runs.items():
-            run()
-            block_started = time.perf_counter()
-            while time.perf_counter() - block_started < BLOCK_SECONDS:
-                times[name].append(call_seconds(run, device))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def bench_pairs(original: LoadedModel, compressed: LoadedModel, args: argparse.Namespace, device: torch.device,
                 meter: Any, energy_note: str) -> list[dict[str, Any]]:
     """Every (mode, path, sequence length, batch): the original and the compressed model timed as a pair.

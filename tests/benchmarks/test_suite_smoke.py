@@ -102,7 +102,8 @@ def test_a_run_without_teacher_folder_is_compared_with_its_model_argument(tmp_pa
 
 @needs_minilm
 def test_cpu_breakdown_runs(tiny_model, capsys):
-    assert load("cpu_breakdown").main(["--model", str(tiny_model), "--seq-len", "8", "--k", "16", "--calls", "2"]) == 0
+    assert load("cpu_breakdown").main(["--model", str(tiny_model), "--seq-len", "8", "--k", "16", "--calls", "2",
+                                            "--min-time", "0.02"]) == 0
     out = capsys.readouterr().out
     assert "ms per forward = matmuls" in out and "| thin 16 -> 1536 |" in out
 
