@@ -64,9 +64,8 @@ def unsupported_reasons(backend: str, op: str, x: torch.Tensor, device: Optional
     return reasons
 
 
-@functools.lru_cache(maxsize=64)
 def _parse_setting(op: str, setting: str) -> Optional[str]:
-    """The backend that RMTKD_BACKEND=setting forces for ``op`` (memoised: read on every call, parsed once)."""
+    """The backend that RMTKD_BACKEND=setting forces for ``op`` (read on every call, parsed once: _choose)."""
     setting = setting.strip()
     if not setting:
         return None
@@ -84,23 +83,22 @@ def _parse_setting(op: str, setting: str) -> Optional[str]:
 def choose_backend(op: str, x: torch.Tensor, backend: Optional[str] = None) -> str:
     """The backend that runs ``op`` for input x (..., d): the forced one (checked) or the first able one in
     AUTO_ORDER."""
-    # Under torch.compile the choice is traced once per graph: the memos would only draw Dynamo warnings.
-    memos = (_parse_setting, _choose)
-    parse, choose = (memo.__wrapped__ for memo in memos) if torch.compiler.is_compiling() else memos
-    forced = backend or parse(op, os.environ.get(ENV_VAR, ""))
+    # Under torch.compile the choice is traced once per graph: the memo would only draw Dynamo warnings.
+    choose = _choose.__wrapped__ if torch.compiler.is_compiling() else _choose
     large = op == "projected_linear" and x.numel() > FUSED_MAX_ROWS * x.shape[-1]  # rows = numel / d
-    return choose(op, x.device.type, x.dtype, large, forced, backend is not None, triton_interpreting())
+    return choose(op, x.device.type, x.dtype, large, backend, os.environ.get(ENV_VAR, ""), triton_interpreting())
 
 
 @functools.lru_cache(maxsize=256)
-def _choose(op: str, device: str, dtype: torch.dtype, large: bool, forced: Optional[str], from_argument: bool,
+def _choose(op: str, device: str, dtype: torch.dtype, large: bool, backend: Optional[str], setting: str,
             interpreting: bool) -> str:
-    """Memoised on everything the answer depends on (the call sits on every forward's hot path)."""
+    """Memoised on everything the answer depends on (one lookup: the call sits on every forward's hot path)."""
+    forced = backend or _parse_setting(op, setting)
     probe = torch.empty((0, 0), device="meta", dtype=dtype)
     if forced is not None and forced != "auto":
         reasons = unsupported_reasons(forced, op, probe, device)
         if reasons:
-            source = "backend" if from_argument else ENV_VAR
+            source = "backend" if backend is not None else ENV_VAR
             raise ValueError(f"{source}: backend {forced!r} cannot run {op} here: " + "; ".join(reasons))
         return forced
     for candidate in AUTO_ORDER.get(device, ()):

@@ -157,26 +157,31 @@ class ProjectedLinear(nn.Module):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x)
-        source, basis, weight, bias = x, self.basis, self.weight, self.bias
-        if torch.is_autocast_enabled(x.device.type):
+        # Each parameter is read once: a module attribute lookup costs ~0.5 µs, and at batch 1 a layer's whole
+        # CPU time is ~30 µs, so the forward's overhead is a visible share of a compressed model's latency.
+        parameter, weight, bias = self.basis, self.weight, self.bias
+        fits = isinstance(x, Tensor) and x.ndim > 0 and x.shape[-1] == self.in_features and x.device == parameter.device
+        autocast = fits and torch.is_autocast_enabled(x.device.type)
+        if not fits or (x.dtype != parameter.dtype and not autocast):
+            raise self._bad_input(x, parameter)
+        source, basis = x, parameter
+        if autocast:
             dtype = torch.get_autocast_dtype(x.device.type)
             x, basis, weight = x.to(dtype), basis.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         if self.shared_input is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            return F.linear(self.shared_input.project(source, x, self.basis, basis), weight, bias)
+            return F.linear(self.shared_input.project(source, x, parameter, basis), weight, bias)
         return projected_linear_unchecked(x, basis, weight, bias, self.backend)
 
-    def _check_input(self, x: Tensor) -> None:
-        """x against this layer's parameters (whose shapes the layer fixes): the only checks a forward needs."""
-        if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[-1] != self.in_features:
+    def _bad_input(self, x: object, parameter: Tensor) -> ValueError:
+        """The error for an input that does not fit this layer's parameters (shape, device, dtype)."""
+        if not isinstance(x, Tensor) or x.ndim == 0 or x.shape[-1] != self.in_features:
             got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x: expected a tensor of shape (..., {self.in_features}), got {got}")
-        if x.device != self.basis.device:
-            raise ValueError(f"x: expected a tensor on {self.basis.device} (the layer's device), got {x.device}")
-        if x.dtype != self.basis.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise ValueError(f"x: expected dtype {self.basis.dtype} (the layer's dtype; torch.autocast mixes "
-                             f"dtypes), got {x.dtype}")
+            return ValueError(f"x: expected a tensor of shape (..., {self.in_features}), got {got}")
+        if x.device != parameter.device:
+            return ValueError(f"x: expected a tensor on {parameter.device} (the layer's device), got {x.device}")
+        return ValueError(f"x: expected dtype {parameter.dtype} (the layer's dtype; torch.autocast mixes dtypes), "
+                          f"got {x.dtype}")
 
     def to_linear(self) -> nn.Linear:
         """The equivalent nn.Linear (weight = W Pᵀ), e.g. to compare against or to export."""

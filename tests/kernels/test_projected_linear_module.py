@@ -110,6 +110,10 @@ def test_bad_input_names_the_argument():
         ProjectedLinear(10, 4, 0)
     with pytest.raises(ValueError, match="x: expected a tensor of shape \\(..., 10\\), got shape \\(2, 11\\)"):
         ProjectedLinear(10, 4, 3)(torch.randn(2, 11))
+    with pytest.raises(ValueError, match="x: expected a tensor of shape \\(..., 10\\), got shape \\(\\)"):
+        ProjectedLinear(10, 4, 3)(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="x: expected a tensor of shape \\(..., 10\\), got list"):
+        ProjectedLinear(10, 4, 3)([1.0] * 10)
     with pytest.raises(ValueError, match="x: expected dtype torch.float32 .*got torch.float64"):
         ProjectedLinear(10, 4, 3)(torch.randn(2, 10, dtype=torch.float64))
     with pytest.raises(ValueError, match="x: expected a tensor on cpu"):
