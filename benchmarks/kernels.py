@@ -25,7 +25,7 @@ from common import (  # noqa: E402
     usable_device, write_results,
 )
 
-from rmtkd_kernels import cov_accumulate, projected_linear  # noqa: E402
+from rmtkd_kernels import ProjectedLinear, cov_accumulate, projected_linear  # noqa: E402
 from rmtkd_kernels.backends import unsupported_reasons  # noqa: E402
 
 
@@ -105,6 +105,16 @@ def projected_cases(device: torch.device, quick: bool) -> list[tuple[int, int, i
     return [(rows, d, k, d, torch.float32) for d in ks for k in ks[d] for rows in (1, 64, 1024, 16384)]
 
 
+def projected_layer(basis: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> ProjectedLinear:
+    """The drop-in layer holding these parameters: what a compressed model calls (its own input checks and the
+    automatic backend), so the table shows its per-call overhead next to the bare op's."""
+    layer = ProjectedLinear(basis.shape[0], weight.shape[0], basis.shape[1], device=basis.device, dtype=basis.dtype)
+    with torch.no_grad():
+        for parameter, value in ((layer.basis, basis), (layer.weight, weight), (layer.bias, bias)):
+            parameter.copy_(value)
+    return layer
+
+
 def bench_projected(device: torch.device, quick: bool, roof: dict[str, float]) -> list[dict[str, object]]:
     out = []
     min_time = 0.02 if quick else 0.5
@@ -122,6 +132,8 @@ def bench_projected(device: torch.device, quick: bool, roof: dict[str, float]) -
         }
         for backend in timed_backends("projected_linear", device, dtype):
             candidates[f"projected_linear[{backend}]"] = lambda i, b=backend: projected_linear(*data[i % sets], backend=b)
+        layers = [projected_layer(*tensors[1:]) for tensors in data]
+        candidates["ProjectedLinear layer (auto)"] = lambda i: layers[i % sets](data[i % sets][0])
         with torch.inference_mode():
             times = {name: median_seconds(fn, device, min_time) for name, fn in candidates.items()}
         flops = 2 * m * k * (d_in + d_out)

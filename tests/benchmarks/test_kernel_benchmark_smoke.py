@@ -15,6 +15,8 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
     candidates = {row["candidate"] for row in result["cov_accumulate"]}
     assert "baseline: acc64 += (x.T @ x).double()" in candidates
     assert any(c.startswith("cov_accumulate[") for c in candidates)
+    assert {"baseline: two nn.Linear", "ProjectedLinear layer (auto)"} <= {row["candidate"]
+                                                                           for row in result["projected_linear"]}
     for row in result["cov_accumulate"] + result["projected_linear"]:
         assert row["ms"] > 0 and row["roofline_fraction"] > 0
     assert "## projected_linear" in (tmp_path / "cpu-quick" / "kernels.md").read_text()
