@@ -25,7 +25,7 @@ from rmtkd.calibration import Forward, Include, Site, calibrate, discover_sites,
 from rmtkd.distill import DistillConfig, NonFiniteLoss, distill
 from rmtkd.metrics import accuracy, count_parameters, forward_flops
 from rmtkd.persistence import load_compressed, read_meta, save_compressed, write_text_atomically
-from rmtkd.spectral import select_subspace
+from rmtkd.spectral import SubspaceSelection, select_subspace
 from rmtkd.spectral.plot import plot_spectrum
 from rmtkd.surgery import Rewrite, rewrite_site, site_parameters
 
@@ -170,7 +170,7 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
                             estimate_design_effect=config.selection.n_eff == "design-effect",
                             progress=lambda it: progress(it, len(task.calibration_batches), "calibrating"))
     sel = config.selection
-    decisions, rewrites = [], []
+    decisions, candidates = [], []
     for site in group:
         try:
             selection = select_subspace(site.accumulator, noise=sel.noise, threshold=sel.threshold, tau=sel.tau,
@@ -179,20 +179,20 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
             raise ValueError(f"site {site.name}: {error}") from None
         before, after = site_parameters(model, site, max(selection.k, 1))
         plot_spectrum(selection, out_dir / plot_name(site), title=site.name)
-        taken = set(site.names) & {name for r in rewrites for name in r.names}
         decision = {"site": site.name, "kind": site.kind, "modules": site.names, **selection.to_dict(),
                     "parameters_before": before, "parameters_after": after, "plot": plot_name(site)}
         decision.pop("kept_eigenvalues")
-        if taken:  # a narrowing Linear whose input side was projected in this step keeps that rewrite
-            decision["action"] = f"skipped: {sorted(taken)[0]} was projected on its input side in this step"
-        elif selection.k == 0:
+        if selection.k == 0:
             decision["action"] = "skipped: k = 0 (projecting onto nothing would cut the layer off its input)"
         elif after >= before:
             decision["action"] = f"skipped: rank {selection.k} of {site.dim} would not reduce parameters"
         else:
-            rewrites.append(rewrite_site(model, site, selection.basis.float(), selection.mean))
-            decision["action"] = "projected"
+            candidates.append((site, selection, decision))
         decisions.append(decision)
+    rewrites = []
+    for site, selection, decision in _one_rewrite_per_module(candidates):
+        rewrites.append(rewrite_site(model, site, selection.basis.float(), selection.mean))
+        decision["action"] = "projected"
     record: dict[str, Any] = {"step": state["next_step"] + 1, "sites": decisions, "parameters_before": params_before}
     for site in group:
         site.accumulator = None  # the O(d²) statistics are no longer needed
@@ -217,6 +217,31 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
     state["rewrites"].extend(r.to_dict() for r in rewrites)
     record.update(outcome="kept", seconds=time.perf_counter() - started)
     return model, record
+
+
+Candidate = tuple[Site, SubspaceSelection, dict[str, Any]]  # a site that would save parameters, with its decision
+
+
+def _one_rewrite_per_module(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates to rewrite, in their order: where two would rewrite the same module (a narrowing Linear is
+    a site on its input side and on its output side), the one that saves more parameters; the other's decision
+    says why it was not."""
+    def saving(candidate: Candidate) -> int:
+        return candidate[2]["parameters_before"] - candidate[2]["parameters_after"]
+
+    kept: list[Candidate] = []
+    for candidate in sorted(candidates, key=saving, reverse=True):
+        site, _, decision = candidate
+        winner = next((k for k in kept if set(k[0].names) & set(site.names)), None)
+        if winner is None:
+            kept.append(candidate)
+            continue
+        module = sorted(set(winner[0].names) & set(site.names))[0]
+        side = "output" if winner[0].kind == "linear_output" else "input"
+        decision["action"] = (f"skipped: {module} is projected on its {side} side, which saves more parameters "
+                              f"({saving(winner):,} against {saving(candidate):,})")
+    kept_ids = {id(candidate) for candidate in kept}
+    return [candidate for candidate in candidates if id(candidate) in kept_ids]
 
 
 def _accuracy(model: nn.Module, task: Task) -> float:

@@ -158,3 +158,25 @@ def test_bad_calibration_names_the_site(tmp_path):
     tiny.calibration_batches[0]["attention_mask"][:] = 1
     with pytest.raises(ValueError, match="site embed: .*covariance needs at least 2 samples, has 1"):
         compress(tiny, CONFIG, tmp_path / "tiny", log=lambda message: None)
+
+
+def test_a_module_claimed_by_both_its_sides_is_rewritten_by_the_larger_saving():
+    """A narrowing Linear is a site on its input and on its output side: the side that saves more parameters
+    is rewritten (whichever comes first), the other is skipped with both savings; other sites are untouched."""
+    from rmtkd.calibration import Site
+    from rmtkd.loop import _one_rewrite_per_module
+
+    def candidate(kind: str, names: list[str], before: int, after: int) -> tuple:
+        return Site(kind=kind, names=names, dim=8), None, {"parameters_before": before, "parameters_after": after}
+
+    for input_after, output_after, winner_side in ((428, 117, "output"), (100, 300, "input")):
+        qkv = candidate("linear", ["q", "k", "v"], 900, 400)
+        input_side = candidate("linear", ["out"], 590, input_after)
+        output_side = candidate("linear_output", ["out"], 590, output_after)
+        kept = _one_rewrite_per_module([qkv, input_side, output_side])
+        winner, loser = (output_side, input_side) if winner_side == "output" else (input_side, output_side)
+        assert len(kept) == 2 and kept[0] is qkv and kept[1] is winner  # in the candidates' order
+        savings = sorted((590 - input_after, 590 - output_after), reverse=True)
+        assert loser[2]["action"] == (f"skipped: out is projected on its {winner_side} side, which saves more "
+                                      f"parameters ({savings[0]:,} against {savings[1]:,})")
+        assert "action" not in winner[2] and "action" not in qkv[2]
