@@ -232,7 +232,7 @@ def _one_rewrite_per_module(candidates: list[Candidate]) -> list[Candidate]:
     kept: list[Candidate] = []
     for candidate in sorted(candidates, key=saving, reverse=True):
         site, _, decision = candidate
-        winner = next((k for k in kept if set(k[0].names) & set(site.names)), None)
+        winner = next((other for other in kept if set(other[0].names) & set(site.names)), None)
         if winner is None:
             kept.append(candidate)
             continue
