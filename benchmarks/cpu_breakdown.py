@@ -60,10 +60,11 @@ def gemm_rates(k: int, rows: int, min_time: float) -> None:
             if onednn:
                 packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
                 fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
-            us = {name: seconds * 1e6 for name, seconds in
+            us = {gemm: seconds * 1e6 for gemm, seconds in
                   paired_medians(fns, torch.device("cpu"), min_time).items()}
             macs = rows * d_in * d_out
-            cells = [f"{us[k]:.0f} | {macs / us[k] / 1e3:.0f}" if k in us else "n/a | n/a" for k in ("aten", "onednn")]
+            cells = [f"{us[gemm]:.0f} | {macs / us[gemm] / 1e3:.0f}" if gemm in us else "n/a | n/a"
+                     for gemm in ("aten", "onednn")]
             print(f"| {name} | {cells[0]} | {cells[1]} |")
 
 

@@ -73,7 +73,10 @@ def forward_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], text: boo
     return lambda: model(batch["images"])
 
 
+# (path, RMTKD_BACKEND setting): the automatic backend, and the plain two matmuls for the compressed model.
 PATHS: tuple[tuple[str, str | None], ...] = (("fused", None), ("two-matmul", "projected_linear=reference"))
+
+
 def bench_pairs(original: LoadedModel, compressed: LoadedModel, args: argparse.Namespace, device: torch.device,
                 meter: Any, energy_note: str) -> list[dict[str, Any]]:
     """Every (mode, path, sequence length, batch): the original and the compressed model timed as a pair.
