@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from rmtkd_kernels import cov_accumulate, projected_linear
-from rmtkd_kernels.backends import unsupported_reasons
+from rmtkd_kernels.backends import backend_names, unsupported_reasons
 
 QUICK = os.environ.get("RMTKD_BENCH_QUICK") == "1"
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 COV_SHAPES = [(96, 512)] if QUICK else [(384, 8192), (768, 8192), (1536, 8192), (768, 65536)]
 PROJ_SHAPES = [(1, 96, 24), (64, 96, 24)] if QUICK else [(r, d, k) for d in (384, 768) for k in (32, 128, 512)
                                                          for r in (1, 64, 1024)]
-BACKENDS = [b for b in ("reference", "cpu", "cuda", "triton") if not (b == "triton" and DEVICE.type == "cpu")]
+BACKENDS = [b for b in backend_names() if not (b == "triton" and DEVICE.type == "cpu")]
 
 
 def _runnable(backend: str, op: str) -> bool:

@@ -6,17 +6,17 @@
 Backends (reference, triton, cuda, cpu) and how to force one: see ``rmtkd_kernels.backends``.
 Importing never fails because the native extension is missing: ``EXTENSION`` says what was loaded.
 """
-from rmtkd_kernels.backends import BACKENDS, choose_backend
+from rmtkd_kernels.backends import backend_names, choose_backend
 from rmtkd_kernels.covariance import CovarianceAccumulator
 from rmtkd_kernels.extension import EXTENSION
 from rmtkd_kernels.nn import ProjectedLinear
 from rmtkd_kernels.ops import cov_accumulate, projected_linear
 
 __all__ = [
-    "BACKENDS",
     "EXTENSION",
     "CovarianceAccumulator",
     "ProjectedLinear",
+    "backend_names",
     "choose_backend",
     "cov_accumulate",
     "projected_linear",

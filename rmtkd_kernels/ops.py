@@ -1,45 +1,23 @@
 """The public custom ops ``rmtkd::cov_accumulate`` and ``rmtkd::projected_linear``.
 
 Each is a torch.library custom op with a fake (meta) kernel, and projected_linear has autograd, so both work
-under torch.compile(fullgraph=True) and in training. The op takes the backend's name as its last argument;
-the Python wrappers below validate arguments, choose the backend (rmtkd_kernels.backends) and call the op.
+under torch.compile(fullgraph=True) and in training. The op takes the backend's name as its last argument and
+runs that backend's kernel from the registry (rmtkd_kernels.backends); the Python wrappers below validate
+arguments, choose the backend and call the op.
 Decision: the reference backend is called directly, not through the op. It is plain differentiable torch that
 autograd and torch.compile already see through, and the custom-op boundary would cost ~5 µs a call (twice a
 two-matmul layer's own time at batch 1 on CPU). The op accepts "reference" too, so opcheck covers it.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from rmtkd_kernels import reference
-from rmtkd_kernels.backends import choose_backend
+from rmtkd_kernels.backends import choose_backend, get_backend
 from rmtkd_kernels.validation import check_cov_args, check_projected_linear_args
-
-
-def _native(op: str) -> Callable:
-    return getattr(torch.ops.rmtkd_C, op)
-
-
-def _triton(module: str, fn: str) -> Callable:
-    # Imported on first use: importing triton is slow and must follow TRITON_INTERPRET being set.
-    return getattr(importlib.import_module(f"rmtkd_kernels.triton.{module}"), fn)
-
-
-_COV_IMPLS: dict[str, Callable[[], Callable]] = {
-    "reference": lambda: reference.cov_accumulate_ref,
-    "triton": lambda: _triton("cov_accumulate", "cov_accumulate_triton"),
-    "cuda": lambda: _native("cov_accumulate"),
-    "cpu": lambda: _native("cov_accumulate"),
-}
-_PROJECTED_IMPLS: dict[str, Callable[[], Callable]] = {
-    "reference": lambda: reference.projected_linear_ref,
-    "triton": lambda: _triton("projected_linear", "projected_linear_triton"),
-    "cuda": lambda: _native("projected_linear"),
-}
 
 
 # ---------------------------------------------------------------- cov_accumulate
@@ -47,7 +25,7 @@ _PROJECTED_IMPLS: dict[str, Callable[[], Callable]] = {
 def _cov_accumulate_op(
     x: Tensor, gram: Tensor, colsum: Tensor, nonfinite_rows: Tensor, row_mask: Optional[Tensor], backend: str
 ) -> None:
-    _COV_IMPLS[backend]()(x, gram, colsum, nonfinite_rows, row_mask)
+    get_backend(backend).kernel("cov_accumulate")(x, gram, colsum, nonfinite_rows, row_mask)
 
 
 @_cov_accumulate_op.register_fake
@@ -84,7 +62,7 @@ def cov_accumulate(
 # ---------------------------------------------------------------- projected_linear
 @torch.library.custom_op("rmtkd::projected_linear", mutates_args=())
 def _projected_linear_op(x: Tensor, basis: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Tensor:
-    return _PROJECTED_IMPLS[backend]()(x, basis, weight, bias)
+    return get_backend(backend).kernel("projected_linear")(x, basis, weight, bias)
 
 
 @_projected_linear_op.register_fake

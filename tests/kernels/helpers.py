@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rmtkd_kernels.backends import unsupported_reasons
+from rmtkd_kernels.backends import backend_names, unsupported_reasons
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -12,7 +12,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def backends_for(op: str, device: str) -> list[str]:
     """Every backend that can run ``op`` on ``device`` in this environment (reference always)."""
     probe = torch.empty(1, 1, device=device)
-    return [b for b in ("reference", "triton", "cuda", "cpu") if not unsupported_reasons(b, op, probe)]
+    return [b for b in backend_names() if not unsupported_reasons(b, op, probe)]
 
 
 def backend_params(op: str) -> list:

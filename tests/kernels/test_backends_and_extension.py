@@ -28,7 +28,7 @@ def test_forced_backend_that_cannot_run_says_why(monkeypatch):
         choose_backend("cov_accumulate", x, "cuda")
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         choose_backend("cov_accumulate", x, "fast")
-    with pytest.raises(ValueError, match="Triton kernels take float32/float16/bfloat16"):
+    with pytest.raises(ValueError, match="triton backend takes float32/float16/bfloat16"):
         choose_backend("projected_linear", x.double(), "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
@@ -139,3 +139,41 @@ def test_import_and_ops_work_without_the_extension():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """The backend registry as a copy that the test may extend; choices made meanwhile are forgotten after."""
+    from rmtkd_kernels.backends import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry._choose.cache_clear()
+    yield registry
+    monkeypatch.undo()
+    registry._choose.cache_clear()
+
+
+def test_a_new_backend_is_one_record_and_one_registration(scratch_registry):
+    """A backend defined outside the package runs through the public ops, forced or by automatic choice."""
+    from rmtkd_kernels import reference
+    from rmtkd_kernels.backends import Backend, backend_names, register
+
+    calls = []
+
+    def traced_projected_linear(x, basis, weight, bias):
+        calls.append(tuple(x.shape))
+        return reference.projected_linear_ref(x, basis, weight, bias)
+
+    register(Backend(name="traced", devices=frozenset({"cpu"}), dtypes=(torch.float32,),
+                     kernels={"projected_linear": lambda: traced_projected_linear},
+                     auto_devices=frozenset({"cpu"}), priority=100))
+    assert backend_names()[-1] == "traced"
+    x, basis, weight = torch.randn(3, 5), torch.linalg.qr(torch.randn(5, 2))[0], torch.randn(4, 2)
+    expected = reference.projected_linear_ref(x.double(), basis.double(), weight.double(), None)
+    torch.testing.assert_close(projected_linear(x, basis, weight, backend="traced").double(), expected,
+                               rtol=6e-4, atol=2e-3)
+    assert choose_backend("projected_linear", x) == "traced" and calls == [(3, 5)]  # highest priority wins
+    assert choose_backend("projected_linear", x.double()) == "reference"  # not its dtype
+    assert choose_backend("cov_accumulate", x) != "traced"  # no kernel for that op
+    with pytest.raises(ValueError, match="traced backend has no kernel for cov_accumulate"):
+        choose_backend("cov_accumulate", x, "traced")

@@ -1,0 +1,13 @@
+"""Backends of the rmtkd ops: the registry (``rmtkd_kernels.backends.registry``) and the built-in backends.
+
+``reference`` (pure torch, the oracle; runs anywhere), ``triton`` (Triton kernels: CUDA, or CPU under
+TRITON_INTERPRET=1), ``cuda`` (CUDA C++ in rmtkd_kernels._C), ``cpu`` (C++ CPU in rmtkd_kernels._C).
+"""
+# Each module registers its backend(s) when imported; the order is the registry's order.
+from rmtkd_kernels.backends import reference, triton_kernels, native  # noqa: F401, I001
+from rmtkd_kernels.backends.registry import (
+    ENV_VAR, FUSED_MAX_ROWS, OPS, Backend, backend_names, choose_backend, get_backend, register, unsupported_reasons,
+)
+
+__all__ = ["ENV_VAR", "FUSED_MAX_ROWS", "OPS", "Backend", "backend_names", "choose_backend", "get_backend",
+           "register", "unsupported_reasons"]
