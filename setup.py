@@ -97,7 +97,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["rmtkd_kernels", "rmtkd_kernels.*"]) + find_packages("python"),
     package_dir={"rmtkd": "python/rmtkd"},
-    entry_points={"console_scripts": ["rmtkd = rmtkd.cli:main"]},
+    entry_points={"console_scripts": ["rmtkd = rmtkd.app.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=["torch>=2.4", "numpy", "matplotlib", "tqdm", "safetensors"],

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from rmtkd.tasks import load_model_folder
+from rmtkd.adapters import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import paired_medians  # noqa: E402
@@ -30,7 +30,7 @@ MATMUL_OPS = ("aten::addmm", "aten::mm")
 
 def profile_split(model_dir: str, seq_len: int, calls: int) -> tuple[float, float]:
     """(matmul ms, other ms) per batch-1 forward, from the profiler's self CPU times."""
-    model = load_model_folder(model_dir).model.eval()
+    model = load_model(model_dir).model.eval()
     ids = torch.randint(1000, model.config.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     with torch.inference_mode():

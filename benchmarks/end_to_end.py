@@ -38,7 +38,7 @@ from energy import measure, measure_idle, open_meter  # noqa: E402
 
 from rmtkd.metrics import count_parameters  # noqa: E402
 from rmtkd.persistence import save_figure_atomically  # noqa: E402
-from rmtkd.tasks import LoadedModel, load_model_folder  # noqa: E402
+from rmtkd.adapters import LoadedModel, load_model  # noqa: E402
 from rmtkd_kernels.backends import ENV_VAR  # noqa: E402
 
 
@@ -56,10 +56,15 @@ def backend_setting(value: str | None) -> Iterator[None]:
             os.environ[ENV_VAR] = old
 
 
+def is_text(loaded: LoadedModel) -> bool:
+    """Whether the model is a Hugging Face text model (takes token ids) rather than an image model."""
+    return hasattr(loaded.model, "config")
+
+
 def inputs(loaded: LoadedModel, batch: int, seq_len: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Random token ids (no padding) or random images of the model's input shape."""
     generator = torch.Generator().manual_seed(batch * 1000 + seq_len)
-    if loaded.is_text:
+    if is_text(loaded):
         vocab = loaded.model.config.vocab_size
         ids = torch.randint(1000, vocab, (batch, seq_len), generator=generator)
         return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
@@ -87,7 +92,7 @@ def bench_pairs(original: LoadedModel, compressed: LoadedModel, args: argparse.N
     models = {"original": original.model.to(device).eval(), "compressed": compressed.model.to(device).eval()}
     parameters = {name: count_parameters(model) for name, model in models.items()}
     rows: list[dict[str, Any]] = []
-    seq_lens = args.seq_lens if original.is_text else [0]
+    seq_lens = args.seq_lens if is_text(original) else [0]
     for mode in args.modes:
         for path, setting in PATHS:
             if mode == "compile":
@@ -99,7 +104,7 @@ def bench_pairs(original: LoadedModel, compressed: LoadedModel, args: argparse.N
                     if mode == "compile" and batch != 1 and not args.compile_throughput:
                         continue
                     data = inputs(original, batch, seq_len, device)
-                    runs = {name: forward_fn(runner, data, original.is_text) for name, runner in runners.items()}
+                    runs = {name: forward_fn(runner, data, is_text(original)) for name, runner in runners.items()}
                     with backend_setting(setting), torch.inference_mode():
                         first_call_s = {name: call_seconds(run, device) for name, run in runs.items()}
                         seconds = paired_medians(runs, device, args.min_time)
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args.batch = args.batch or (64 if device.type == "cuda" else 16)
     original_path, compressed_path = resolve_models(args)
     try:
-        original, compressed = load_model_folder(original_path), load_model_folder(compressed_path)
+        original, compressed = load_model(original_path), load_model(compressed_path)
     except ValueError as error:
         print(f"end_to_end: {error} (run `rmtkd compress` first, or pass --models ORIGINAL COMPRESSED)",
               file=sys.stderr)

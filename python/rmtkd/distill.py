@@ -1,8 +1,8 @@
 """Self-distillation: fine-tune the compressed student against the model it was before the step.
 
-L = α·CE(student, labels) + (1 − α)·T²·KL(p_teacher ‖ p_student), p = softmax(logits / T). The T² factor keeps
-the gradient scale of the soft term independent of T (Hinton et al.). Plain PyTorch: AdamW, gradient
-clipping, bf16 autocast on CUDA, a tqdm bar.
+L = α·task loss + (1 − α)·T²·KL(p_teacher ‖ p_student), p = softmax(logits / T), as the model's adapter defines
+it (class logits, or next-token logits at every position). Plain PyTorch: AdamW, gradient clipping, bf16 autocast
+on CUDA, a progress bar.
 """
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-Logits = Callable[[nn.Module, dict], Tensor]
+from rmtkd.adapters.base import ModelAdapter
 
 
 @dataclass(frozen=True)
@@ -41,24 +40,13 @@ class NonFiniteLoss(RuntimeError):
     """The distillation loss became NaN/Inf; the caller restores the last good model."""
 
 
-def distillation_loss(student: Tensor, teacher: Tensor, labels: Tensor, alpha: float, temperature: float) -> Tensor:
-    if labels.min() < 0 or labels.max() >= student.shape[-1]:
-        raise ValueError(f"labels: expected class ids in [0, {student.shape[-1] - 1}] (the head has "
-                         f"{student.shape[-1]} outputs), got values in [{int(labels.min())}, {int(labels.max())}]")
-    task = F.cross_entropy(student.float(), labels)
-    soft = F.kl_div(F.log_softmax(student.float() / temperature, -1), F.log_softmax(teacher.float() / temperature, -1),
-                    reduction="batchmean", log_target=True) * temperature**2
-    return alpha * task + (1 - alpha) * soft
-
-
 def distill(
     student: nn.Module,
     teacher: nn.Module,
     batches: Iterable[dict],
-    logits: Logits,
+    adapter: ModelAdapter,
     config: DistillConfig,
     *,
-    label_key: str = "labels",
     progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
 ) -> dict[str, Any]:
     """Run ``config.steps`` AdamW steps on batches (cycled if shorter); returns first/last/mean loss.
@@ -76,11 +64,11 @@ def distill(
     student.train()
     losses: list[Tensor] = []  # kept on the device: one host sync at the end, not one per step
     for batch in progress(itertools.islice(itertools.cycle(batches), config.steps), config.steps):
-        labels = batch[label_key].to(device)
         with autocast:
             with torch.no_grad():
-                target = logits(teacher, batch)
-            loss = distillation_loss(logits(student, batch), target, labels, config.alpha, config.temperature)
+                target = adapter.forward(teacher, batch)
+            loss = adapter.distillation_loss(adapter.forward(student, batch), target, batch, config.alpha,
+                                             config.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)

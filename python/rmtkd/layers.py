@@ -1,4 +1,4 @@
-"""Compressed replacements for nn.Embedding and nn.Conv2d (ProjectedLinear lives in rmtkd_kernels.nn).
+"""Compressed replacements for nn.Embedding, a tied LM head and nn.Conv2d (ProjectedLinear lives in rmtkd_kernels.nn).
 
 Both act on the k-dimensional subspace P (d × k, orthonormal columns) that the spectral selection keeps, with
 the activation mean μ folded in so that the projection acts on centered activations.
@@ -29,10 +29,19 @@ class FactorizedEmbedding(nn.Module):
         self.basis = nn.Parameter(torch.zeros(embedding_dim, rank, **factory))
         self.offset = nn.Parameter(torch.zeros(embedding_dim, **factory))
 
+    @staticmethod
+    def parameter_count(num_embeddings: int, embedding_dim: int, rank: int) -> int:
+        return num_embeddings * rank + embedding_dim * rank + embedding_dim
+
+    @classmethod
+    def like(cls, embedding: nn.Embedding, rank: int) -> "FactorizedEmbedding":
+        """An empty rank-``rank`` factorisation with ``embedding``'s shape, device and dtype (values loaded later)."""
+        return cls(embedding.num_embeddings, embedding.embedding_dim, rank, embedding.padding_idx,
+                   device=embedding.weight.device, dtype=embedding.weight.dtype)
+
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding, basis: Tensor, mean: Tensor) -> "FactorizedEmbedding":
-        layer = cls(embedding.num_embeddings, embedding.embedding_dim, basis.shape[1], embedding.padding_idx,
-                    device=embedding.weight.device, dtype=embedding.weight.dtype)
+        layer = cls.like(embedding, basis.shape[1])
         table = embedding.weight.detach().double()
         p, mu = basis.detach().double().to(table.device), mean.detach().double().to(table.device)
         with torch.no_grad():
@@ -46,6 +55,26 @@ class FactorizedEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}, padding_idx={self.padding_idx}"
+
+
+class FactorizedLMHead(nn.Module):
+    """An output head tied to a FactorizedEmbedding: logits = h Êᵀ (+ bias) for the factorised table
+    Ê = A Pᵀ + 1 cᵀ, computed as (h P) Aᵀ + h·c without forming Ê.
+
+    It holds the embedding's own Parameters (``weight`` A, ``basis`` P, ``offset`` c), so the tie is kept: one
+    table, counted and saved once, trained as one.
+    """
+
+    def __init__(self, embedding: FactorizedEmbedding, bias: Optional[nn.Parameter] = None) -> None:
+        super().__init__()
+        self.weight, self.basis, self.offset = embedding.weight, embedding.basis, embedding.offset
+        self.bias = bias
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return F.linear(hidden @ self.basis, self.weight, self.bias) + (hidden @ self.offset)[..., None]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.basis.shape[0]}, rank={self.basis.shape[1]}, out_features={self.weight.shape[0]}"
 
 
 class ProjectedConv2d(nn.Module):

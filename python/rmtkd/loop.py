@@ -1,7 +1,7 @@
 """The RMT-KD loop: calibrate → select → project → self-distill → evaluate, one site (or block) at a time.
 
 Steps go shallow to deep in forward order. A step's teacher is the model as it was before the step (a frozen
-copy), so a step that breaks the accuracy budget or whose distillation diverges is rolled back by keeping that
+copy), so a step that breaks the metric budget or whose distillation diverges is rolled back by keeping that
 copy. The loop stops at the parameter target or when every site has been tried. After every step the model,
 the applied rewrites and the report are checkpointed (atomically); re-running on the same output folder
 resumes after the last completed step. Each step seeds torch with (seed, step) before it runs, so a resumed
@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,31 +20,16 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from rmtkd.calibration import Forward, Include, Site, calibrate, discover_sites, effective_samples
+from rmtkd.adapters.base import ModelAdapter
+from rmtkd.calibration import SelectionConfig, calibrate, discover_sites, select_site
 from rmtkd.distill import DistillConfig, NonFiniteLoss, distill
-from rmtkd.metrics import accuracy, count_parameters, forward_flops
+from rmtkd.metrics import count_parameters, forward_flops
 from rmtkd.persistence import load_compressed, read_meta, save_compressed, write_text_atomically
-from rmtkd.spectral import SubspaceSelection, select_subspace
-from rmtkd.spectral.plot import plot_spectrum
-from rmtkd.surgery import Rewrite, rewrite_site, site_parameters
+from rmtkd.sites import Site
+from rmtkd.spectral import SubspaceSelection
+from rmtkd.surgery import Rewrite, rewrite_site
 
 CHECKPOINT = "checkpoint"
-PLOTS = "plots"  # one spectrum plot per site, written when the site is selected: <out>/plots/<first module>.png
-
-
-def plot_name(site: Site) -> str:
-    """Relative path of a site's spectrum plot inside the output folder."""
-    suffix = ".output" if site.kind == "linear_output" else ""
-    return f"{PLOTS}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', site.names[0])}{suffix}.png"
-
-
-@dataclass(frozen=True)
-class SelectionConfig:
-    noise: str = "debiased_median"
-    threshold: str = "mp_edge"
-    tau: float = 0.5
-    alpha: float = 0.01  # Tracy–Widom false-alarm rate
-    n_eff: str = "tokens"  # "tokens" | "sequences" | "design-effect" (see calibration.effective_samples)
 
 
 @dataclass(frozen=True)
@@ -53,9 +37,15 @@ class LoopConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     target_reduction: Optional[float] = None  # stop once total parameters fell by this fraction
-    max_accuracy_drop: Optional[float] = None  # roll back a step whose accuracy is this far below the original
-    granularity: str = "site"  # "site" or "block" (the task's block_of groups sites)
+    max_metric_drop: Optional[float] = None  # roll back a step whose metric is this much worse than the original's
+    granularity: str = "site"  # "site" or "block" (the adapter's block_of groups sites)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.granularity not in ("site", "block"):
+            raise ValueError(f"granularity: expected 'site' or 'block', got {self.granularity!r}")
+        if self.target_reduction is not None and not 0 < self.target_reduction < 1:
+            raise ValueError(f"target_reduction: expected a fraction in (0, 1), got {self.target_reduction!r}")
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -63,36 +53,32 @@ class LoopConfig:
 
 @dataclass
 class Task:
-    """A model and its data, as the loop needs them. Batches are dicts of tensors; labels under ``label_key``."""
+    """A model, its adapter and its data, as the loop needs them. Batches are dicts of tensors."""
 
+    adapter: ModelAdapter
     model: nn.Module
-    logits: Forward  # logits(model, batch) -> (batch, classes)
-    train_batches: Callable[[int], Iterable[dict]]  # seed -> labelled training batches for distillation
+    train_batches: Callable[[int], Iterable[dict]]  # seed -> training batches for distillation
     calibration_batches: list[dict]
     eval_batches: list[dict]
-    architecture: dict[str, Any]  # what build() needs to make the original model without its weights
-    build: Callable[[dict[str, Any]], nn.Module]
-    include: Include = lambda name, module: True
-    block_of: Callable[[Site], str] = lambda site: site.name
-    label_key: str = "labels"
-    mask_key: Optional[str] = "attention_mask"
-    write_assets: Callable[[Path], None] = lambda folder: None  # files a model folder needs besides weights
 
 
 def _step_groups(sites: list[Site], task: Task, granularity: str) -> list[list[Site]]:
     if granularity == "site":
         return [[site] for site in sites]
-    if granularity != "block":
-        raise ValueError(f"granularity: expected 'site' or 'block', got {granularity!r}")
     groups: dict[str, list[Site]] = {}
     for site in sites:
-        groups.setdefault(task.block_of(site), []).append(site)
+        groups.setdefault(task.adapter.block_of(site), []).append(site)
     return list(groups.values())
 
 
-def _save_checkpoint(out_dir: Path, model: nn.Module, task: Task, state: dict[str, Any]) -> None:
-    save_compressed(model, [Rewrite.from_dict(r) for r in state["rewrites"]], out_dir / CHECKPOINT,
-                    task.architecture, extra={"loop": state}, write_assets=task.write_assets)
+def find_task_sites(model: nn.Module, task: Task) -> list[Site]:
+    """The compression sites the task's adapter includes, from one forward pass over a calibration batch."""
+    return discover_sites(model, task.calibration_batches[0], task.adapter.forward, task.adapter.include)
+
+
+def _save(path: Path, model: nn.Module, task: Task, state: dict[str, Any], extra: dict[str, Any]) -> None:
+    save_compressed(model, [Rewrite.from_dict(r) for r in state["rewrites"]], path,
+                    task.adapter.architecture(task.model), extra=extra, write_assets=task.adapter.save_assets)
 
 
 def _resume(out_dir: Path, task: Task, fingerprint: str) -> Optional[tuple[nn.Module, dict[str, Any]]]:
@@ -103,7 +89,7 @@ def _resume(out_dir: Path, task: Task, fingerprint: str) -> Optional[tuple[nn.Mo
     if state["fingerprint"] != fingerprint:
         raise ValueError(f"out_dir: {out_dir} holds a run with different settings (fingerprint "
                          f"{state['fingerprint']}, this run {fingerprint}); use another folder")
-    model, _ = load_compressed(path, task.build)
+    model, _ = load_compressed(path, task.adapter.build)
     device = next(task.model.parameters()).device
     return model.to(device), state
 
@@ -121,16 +107,15 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
     resumed = _resume(out_dir, task, fingerprint)
     original = task.model
     original_params = count_parameters(original)
-    sites = discover_sites(original, task.calibration_batches[0], task.logits, task.include)
-    groups = _step_groups(sites, task, config.granularity)
+    metric = task.adapter.metric.name
+    groups = _step_groups(find_task_sites(original, task), task, config.granularity)
     if resumed is None:
         model = copy.deepcopy(original)
         state: dict[str, Any] = {
             "fingerprint": fingerprint, "next_step": 0, "rewrites": [], "steps": [],
-            "original": {"parameters": original_params, "accuracy": _accuracy(model, task),
-                         "flops": _flops(model, task)},
+            "original": {"parameters": original_params, metric: _evaluate(model, task), "flops": _flops(model, task)},
         }
-        log(f"original: {original_params:,} parameters, accuracy {state['original']['accuracy']:.4f}")
+        log(f"original: {original_params:,} parameters, {metric} {state['original'][metric]:.4f}")
     else:
         model, state = resumed
         log(f"resuming after step {state['next_step']} of {len(groups)} from {out_dir / CHECKPOINT}")
@@ -143,16 +128,15 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
         model, record = _run_step(model, groups[index], task, config, state, progress, out_dir)
         state["steps"].append(record)
         state["next_step"] = index + 1
-        _save_checkpoint(out_dir, model, task, state)
+        _save(out_dir / CHECKPOINT, model, task, state, extra={"loop": state})
         log(f"step {index + 1}/{len(groups)} {record['sites'][0]['site']}{'…' if len(record['sites']) > 1 else ''}: "
-            f"{record['outcome']}, parameters {record['parameters_after']:,}, accuracy "
-            f"{record.get('accuracy_after', float('nan')):.4f}")
+            f"{record['outcome']}, parameters {record['parameters_after']:,}, {metric} "
+            f"{record.get(f'{metric}_after', float('nan')):.4f}")
     else:
         state.setdefault("stopped", "every site tried")
     report = _final_report(model, task, state)
     write_text_atomically(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    save_compressed(model, [Rewrite.from_dict(r) for r in state["rewrites"]], out_dir / "model", task.architecture,
-                    extra={"report": {k: report[k] for k in ("original", "final")}}, write_assets=task.write_assets)
+    _save(out_dir / "model", model, task, state, extra={"report": {k: report[k] for k in ("original", "final")}})
     return model, report
 
 
@@ -166,25 +150,16 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
         p.requires_grad_(False)
     current = {name for r in state["rewrites"] for name in r["names"]}
     group = [s for s in group if not set(s.names) & current]
-    calibration = calibrate(model, task.calibration_batches, task.logits, group, mask_key=task.mask_key,
+    adapter = task.adapter
+    calibration = calibrate(model, task.calibration_batches, adapter.forward, group, mask_key=adapter.mask_key,
                             estimate_design_effect=config.selection.n_eff == "design-effect",
                             progress=lambda it: progress(it, len(task.calibration_batches), "calibrating"))
-    sel = config.selection
     decisions, candidates = [], []
     for site in group:
-        try:
-            selection = select_subspace(site.accumulator, noise=sel.noise, threshold=sel.threshold, tau=sel.tau,
-                                        alpha=sel.alpha, n_eff=effective_samples(site, sel.n_eff, calibration.sequences))
-        except ValueError as error:  # NaN/Inf activations, too few samples: say where
-            raise ValueError(f"site {site.name}: {error}") from None
-        before, after = site_parameters(model, site, max(selection.k, 1))
-        plot_spectrum(selection, out_dir / plot_name(site), title=site.name)
-        decision = {"site": site.name, "kind": site.kind, "modules": site.names, **selection.to_dict(),
-                    "parameters_before": before, "parameters_after": after, "plot": plot_name(site)}
-        decision.pop("kept_eigenvalues")
+        selection, decision = select_site(model, site, config.selection, calibration.sequences, out_dir)
         if selection.k == 0:
             decision["action"] = "skipped: k = 0 (projecting onto nothing would cut the layer off its input)"
-        elif after >= before:
+        elif decision["parameters_after"] >= decision["parameters_before"]:
             decision["action"] = f"skipped: rank {selection.k} of {site.dim} would not reduce parameters"
         else:
             candidates.append((site, selection, decision))
@@ -200,20 +175,20 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
         record.update(outcome="nothing to compress", parameters_after=params_before,
                       seconds=time.perf_counter() - started)
         return model, record
-    accuracy_projected = _accuracy(model, task)
+    metric = adapter.metric
+    projected = _evaluate(model, task)
     try:
-        record["distillation"] = distill(model, teacher, task.train_batches(state["next_step"]), task.logits,
-                                         config.distill, label_key=task.label_key,
-                                         progress=lambda it, total: progress(it, total, "distilling"))
+        record["distillation"] = distill(model, teacher, task.train_batches(state["next_step"]), adapter,
+                                         config.distill, progress=lambda it, total: progress(it, total, "distilling"))
     except NonFiniteLoss as error:
         return _rolled_back(record, teacher, f"rolled back: {error}", started, params_before)
-    accuracy_after = _accuracy(model, task)
-    record.update(accuracy_projected=accuracy_projected, accuracy_after=accuracy_after,
-                  parameters_after=count_parameters(model), flops_after=_flops(model, task))
-    drop = state["original"]["accuracy"] - accuracy_after
-    if config.max_accuracy_drop is not None and drop > config.max_accuracy_drop:
-        return _rolled_back(record, teacher, f"rolled back: accuracy drop {drop:.4f} exceeds the budget "
-                            f"{config.max_accuracy_drop:.4f}", started, params_before)
+    after = _evaluate(model, task)
+    record.update({f"{metric.name}_projected": projected, f"{metric.name}_after": after,
+                   "parameters_after": count_parameters(model), "flops_after": _flops(model, task)})
+    worse = metric.worsening(state["original"][metric.name], after)
+    if config.max_metric_drop is not None and worse > config.max_metric_drop:
+        return _rolled_back(record, teacher, f"rolled back: {metric.name} worse by {worse:.4f} than the original's, "
+                            f"beyond the budget {config.max_metric_drop:.4f}", started, params_before)
     state["rewrites"].extend(r.to_dict() for r in rewrites)
     record.update(outcome="kept", seconds=time.perf_counter() - started)
     return model, record
@@ -237,19 +212,18 @@ def _one_rewrite_per_module(candidates: list[Candidate]) -> list[Candidate]:
             kept.append(candidate)
             continue
         module = sorted(set(winner[0].names) & set(site.names))[0]
-        side = "output" if winner[0].kind == "linear_output" else "input"
-        decision["action"] = (f"skipped: {module} is projected on its {side} side, which saves more parameters "
-                              f"({saving(winner):,} against {saving(candidate):,})")
+        decision["action"] = (f"skipped: {module} is projected on its {winner[0].observes} side, which saves more "
+                              f"parameters ({saving(winner):,} against {saving(candidate):,})")
     kept_ids = {id(candidate) for candidate in kept}
     return [candidate for candidate in candidates if id(candidate) in kept_ids]
 
 
-def _accuracy(model: nn.Module, task: Task) -> float:
-    return accuracy(model, task.logits, task.eval_batches, task.label_key)
+def _evaluate(model: nn.Module, task: Task) -> float:
+    return task.adapter.evaluate(model, task.eval_batches)
 
 
 def _flops(model: nn.Module, task: Task) -> int:
-    return forward_flops(model, task.logits, task.eval_batches[0])
+    return forward_flops(model, task.adapter.forward, task.eval_batches[0])
 
 
 def teacher_to_model(teacher: nn.Module) -> nn.Module:
@@ -268,12 +242,12 @@ def _rolled_back(record: dict[str, Any], teacher: nn.Module, outcome: str, start
 
 def _final_report(model: nn.Module, task: Task, state: dict[str, Any]) -> dict[str, Any]:
     params = count_parameters(model)
-    original = state["original"]
-    final = {"parameters": params, "accuracy": _accuracy(model, task), "flops": _flops(model, task)}
+    original, metric = state["original"], task.adapter.metric
+    final = {"parameters": params, metric.name: _evaluate(model, task), "flops": _flops(model, task)}
     return {
+        "metric": asdict(metric),
         "original": original, "final": final,
         "parameter_reduction": 1 - params / original["parameters"],
-        "accuracy_change": final["accuracy"] - original["accuracy"],
+        f"{metric.name}_change": final[metric.name] - original[metric.name],
         "stopped": state.get("stopped"), "steps": state["steps"], "rewrites": state["rewrites"],
     }
-

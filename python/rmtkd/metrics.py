@@ -1,15 +1,15 @@
-"""What the loop and the reports measure: parameters, accuracy, forward FLOPs, latency."""
+"""What the loop and the reports measure besides the adapter's metric: parameters, forward FLOPs, latency."""
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-Logits = Callable[[nn.Module, dict], torch.Tensor]
+Forward = Callable[[nn.Module, dict], torch.Tensor]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -17,24 +17,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, logits: Logits, batches: Sequence[dict], label_key: str = "labels") -> float:
-    """Fraction of ``batches``' examples whose arg-max logit is the label under ``label_key``."""
-    model.eval()
-    correct = total = 0
-    for batch in batches:
-        predicted = logits(model, batch).argmax(-1).cpu()
-        labels = batch[label_key].cpu()
-        correct += int((predicted == labels).sum())
-        total += labels.numel()
-    return correct / total
-
-
-@torch.no_grad()
-def forward_flops(model: nn.Module, logits: Logits, batch: dict) -> int:
+def forward_flops(model: nn.Module, forward: Forward, batch: dict) -> int:
     """FLOPs of one forward over ``batch``, as torch's FlopCounterMode counts them."""
     counter = FlopCounterMode(display=False)
     with counter:
-        logits(model, batch)
+        forward(model, batch)
     return int(counter.get_total_flops())
 
 

@@ -97,6 +97,6 @@ def load_compressed(path: str | Path, build: Builder) -> tuple[nn.Module, dict[s
     missing, unexpected = load_model(model, str(Path(path) / WEIGHTS_FILE), strict=False)
     if missing or unexpected:
         raise ValueError(f"path: the weights in {path} do not fit the rebuilt model "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+                         f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     model.eval()
     return model, meta

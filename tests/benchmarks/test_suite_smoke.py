@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rmtkd.cli import main as rmtkd
+from rmtkd.app.cli import main as rmtkd
 from tests.tiny_text import needs_minilm, write_table
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"

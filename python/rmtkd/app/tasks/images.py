@@ -1,0 +1,89 @@
+"""``--task images``: a CNN (SmallResNet trained from scratch, or MobileNetV2 from ImageNet weights) on
+Fashion-MNIST."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from rmtkd.adapters import LoadedModel, MobileNetV2Adapter, SmallResNetAdapter
+from rmtkd.adapters.vision import ImageClassifier, MobileNetV2Classifier, SmallResNet, adapter_for
+from rmtkd.app.tasks.base import CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, split_train
+from rmtkd.data import load_fashion_mnist
+from rmtkd.loop import Task
+from rmtkd.persistence import META_FILE
+from rmtkd.training import TrainConfig, train
+
+batches = ImageClassifier.batches
+
+
+def eval_set(eval_samples: int | None) -> tuple[torch.Tensor, list[dict]]:
+    """(images, batches of 500) of the first ``eval_samples`` Fashion-MNIST test images (all if None)."""
+    images, labels = load_fashion_mnist("test")
+    images, labels = images[:eval_samples], labels[:eval_samples]
+    return images, batches(images, labels, 500)
+
+
+def latency_probe(images: torch.Tensor) -> Callable[[nn.Module], object]:
+    probe = images[:1]
+    return lambda m: m(probe.to(next(m.parameters()).device))
+
+
+class ImageClassification(CommandTask):
+    name = "images"
+    adapters = (SmallResNetAdapter, MobileNetV2Adapter)
+
+    def default_out(self, settings: Settings) -> Path:
+        return Path("runs") / f"fashion-mnist-{settings.arch}"
+
+    def teacher(self, settings: Settings, images: torch.Tensor, labels: torch.Tensor, out: Path, log: Log,
+                progress: Progress) -> LoadedModel:
+        """OUT/teacher if an earlier run left one; else --arch trained on the training images."""
+        teacher_dir = out / "teacher"
+        if (teacher_dir / META_FILE).exists():
+            return self.load(teacher_dir)
+        torch.manual_seed(settings.seed)
+        model = (MobileNetV2Classifier.pretrained(num_classes=10) if settings.arch == "mobilenet_v2"
+                 else SmallResNet(in_channels=1, num_classes=10))
+        adapter = adapter_for(model)
+        started = time.perf_counter()
+        log(f"training the teacher on {len(images):,} images ({settings.teacher_epochs} epoch(s))")
+        config = TrainConfig(epochs=settings.teacher_epochs, lr=settings.teacher_lr or 2e-3, weight_decay=5e-4,
+                             schedule="cosine", max_grad_norm=None)
+        train(model.to(settings.device), adapter, batches(images, labels, 128, settings.seed), config,
+              progress=lambda it, total: progress(it, total, "training"))
+        adapter.save_folder(model, teacher_dir)
+        log(f"teacher saved to {teacher_dir} ({time.perf_counter() - started:.0f} s)")
+        return LoadedModel(adapter, model, None)
+
+    def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress) -> Prepared:
+        images, labels = load_fashion_mnist("train")
+        test_images, eval_batches = eval_set(settings.eval_samples)
+        calib, fit = split_train(len(images), settings.calibration_samples or len(images) // 10,
+                                 settings.train_samples, settings.seed)
+        fit_images, fit_labels = images[fit], labels[fit]
+        loaded = self.teacher(settings, fit_images, fit_labels, out, log, progress)
+        task = Task(
+            adapter=loaded.adapter, model=loaded.model.to(settings.device).eval(),
+            train_batches=lambda step: batches(fit_images, fit_labels, 128,
+                                               settings.seed * 7919 + step)[: settings.distill_steps],
+            calibration_batches=batches(images[calib], labels[calib], 256),
+            eval_batches=eval_batches,
+        )
+        return Prepared(task, "fashion-mnist", latency_probe(test_images))
+
+    def eval_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
+        images, eval_batches = eval_set(settings.eval_samples)
+        return EvalSet(eval_batches, "fashion-mnist", latency_probe(images))
+
+    def calibration_batches(self, settings: Settings, loaded: LoadedModel) -> tuple[list[dict], str]:
+        images, labels = load_fashion_mnist("train")
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(settings.seed))
+        subset = order[: settings.calibration_samples]
+        return batches(images[subset], labels[subset], 256), "fashion-mnist"
+
+
+register_task(ImageClassification())

@@ -1,0 +1,101 @@
+"""``--task lm``: a Hugging Face causal language model on plain text (.txt files, one document per line; or a
+text column of a TSV/CSV/JSONL file; or the BBC News articles), used as it is: the teacher is the model given.
+
+The text is tokenised, documents joined with the end-of-text token, and cut into sequences of --max-len tokens.
+--calibration-samples, --train-samples and --eval-samples count sequences.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from rmtkd.adapters import HFCausalLM, LoadedModel
+from rmtkd.app.tasks.base import CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, split_train
+from rmtkd.app.tasks.text import dataset_name, model_slug
+from rmtkd.data import BBC_NEWS, read_bbc_news, read_text_lines, read_text_table
+from rmtkd.loop import Task
+
+
+def read_texts(path: str, text_column: str) -> list[str]:
+    """Documents of a .txt file (one per non-empty line) or of a table's text column."""
+    if Path(path).suffix.lower() == ".txt":
+        return read_text_lines(path)
+    return read_text_table(path, text_column, label_column=None)[0]
+
+
+def read_corpus(settings: Settings) -> tuple[str, list[str], list[str]]:
+    """(name, training documents, evaluation documents): --train/--eval, or BBC News's split."""
+    if settings.train is None and settings.eval is None:
+        train, _, held_out, _ = read_bbc_news()
+        return BBC_NEWS, train, held_out
+    if settings.train is None or settings.eval is None:
+        raise ValueError("--train/--eval: give both files, or neither for the built-in BBC News data")
+    return (dataset_name(settings.train), read_texts(settings.train, settings.text_column),
+            read_texts(settings.eval, settings.text_column))
+
+
+def latency_probe(adapter: HFCausalLM, texts: list[str], seq_len: int) -> Callable[[nn.Module], object]:
+    """A batch-1 forward of the first ``seq_len`` tokens of the texts."""
+    probe = HFCausalLM.chunk_batches(adapter.token_chunks(texts, seq_len)[:1], 1)[0]
+    return lambda m: adapter.forward(m, probe)
+
+
+class LanguageModelling(CommandTask):
+    name = "lm"
+    adapters = (HFCausalLM,)
+
+    def default_out(self, settings: Settings) -> Path:
+        data = "bbc-news" if settings.train is None else dataset_name(settings.train)
+        return Path("runs") / f"{data}-{model_slug(settings.model)}"
+
+    def _model(self, settings: Settings) -> LoadedModel:
+        if settings.model is None:
+            raise ValueError("--model: --task lm needs a Hugging Face causal-LM folder (GPT-2 or Llama family)")
+        return self.load(settings.model)
+
+    def _eval_chunks(self, adapter: HFCausalLM, texts: list[str], settings: Settings) -> torch.Tensor:
+        return adapter.token_chunks(texts, settings.max_len)[: settings.eval_samples]
+
+    def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress) -> Prepared:
+        name, train_texts, eval_texts = read_corpus(settings)
+        loaded = self._model(settings)
+        adapter, model = loaded.adapter, loaded.model.to(settings.device).eval()
+        chunks = adapter.token_chunks(train_texts, settings.max_len)
+        calib, fit = split_train(len(chunks), settings.calibration_samples or len(chunks) // 10,
+                                 settings.train_samples, settings.seed)
+        fit_chunks = chunks[fit]
+        log(f"{name}: {len(chunks):,} training sequences of {settings.max_len} tokens ({len(calib):,} for "
+            f"calibration, {len(fit):,} for distillation)")
+        task = Task(
+            adapter=adapter, model=model,
+            train_batches=lambda step: adapter.chunk_batches(fit_chunks, settings.batch_size,
+                                                             shuffle_seed=settings.seed * 7919 + step,
+                                                             limit=settings.distill_steps),
+            calibration_batches=adapter.chunk_batches(chunks[calib], settings.batch_size),
+            eval_batches=adapter.chunk_batches(self._eval_chunks(adapter, eval_texts, settings), settings.batch_size),
+        )
+        return Prepared(task, name, latency_probe(adapter, eval_texts, settings.latency_seq_len))
+
+    def eval_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
+        name, _, eval_texts = read_corpus(settings)
+        adapter = loaded.adapter
+        batches = adapter.chunk_batches(self._eval_chunks(adapter, eval_texts, settings), settings.batch_size)
+        return EvalSet(batches, name, latency_probe(adapter, eval_texts, settings.latency_seq_len))
+
+    def calibration_batches(self, settings: Settings, loaded: LoadedModel) -> tuple[list[dict], str]:
+        if settings.train is None:
+            texts, name = read_bbc_news()[0], BBC_NEWS
+        else:
+            texts, name = read_texts(settings.train, settings.text_column), settings.train
+        chunks = loaded.adapter.token_chunks(texts, settings.max_len)
+        order = list(range(len(chunks)))
+        random.Random(settings.seed).shuffle(order)
+        picked = order[: max(2, settings.calibration_samples or 0)]
+        return loaded.adapter.chunk_batches(chunks[picked], settings.batch_size), name
+
+
+register_task(LanguageModelling())
