@@ -188,8 +188,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def resolve_models(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(original, compressed): --models, or a run's teacher/ and model/. A run made with --no-fine-tune has no
-    teacher/: its original is the --model folder recorded in the run's run.json."""
+    """(original, compressed): --models, or a run's teacher/ and model/. A run with no teacher/ (--no-fine-tune,
+    --task lm: the model given is the teacher) has its original in the --model folder its run.json records."""
     if args.models:
         return Path(args.models[0]), Path(args.models[1])
     run = Path(args.run)
@@ -197,7 +197,7 @@ def resolve_models(args: argparse.Namespace) -> tuple[Path, Path]:
     settings_file = run / "run.json"
     if not original.exists() and settings_file.is_file():
         settings = json.loads(settings_file.read_text())
-        if settings.get("no_fine_tune") and settings.get("model"):
+        if settings.get("model"):
             original = Path(settings["model"])
     return original, run / "model"
 

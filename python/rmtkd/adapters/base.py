@@ -10,6 +10,7 @@ A batch is a dict of tensors; the adapter decides which keys it reads.
 """
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmtkd.adapters.hf_common import model_type
 from rmtkd.persistence import save_compressed
 from rmtkd.sites import Site
+
+
+def model_type(folder: str | Path) -> Optional[str]:
+    """config.json's ``model_type`` of a Hugging Face-style folder (None when there is no readable config)."""
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)

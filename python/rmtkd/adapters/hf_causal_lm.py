@@ -15,17 +15,14 @@ from __future__ import annotations
 import math
 import random
 import re
-from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmtkd.adapters.base import PERPLEXITY, ModelAdapter, register_adapter, soft_target_loss
-from rmtkd.adapters.hf_common import (
-    hf_architecture, hf_build, load_tokenizer, save_hf_folder, transformers_offline,
-)
+from rmtkd.adapters.base import PERPLEXITY, register_adapter, soft_target_loss
+from rmtkd.adapters.hf_common import HFModelAdapter
 from rmtkd.sites import Site
 
 CAUSAL_LM_TYPES = ("gpt2", "llama", "mistral", "qwen2")
@@ -34,42 +31,15 @@ _LAYER = re.compile(r"^(transformer\.h|model\.layers)\.(\d+)\.")
 
 
 @register_adapter
-class HFCausalLM(ModelAdapter):
+class HFCausalLM(HFModelAdapter):
     """A decoder-only language model (AutoModelForCausalLM) and its tokenizer."""
 
     name = "hf-causal-lm"
     metric = PERPLEXITY
     mask_key = "attention_mask"
     model_types = CAUSAL_LM_TYPES
-
-    def __init__(self, tokenizer: Any = None) -> None:
-        self.tokenizer = tokenizer
-
-    @classmethod
-    def load_folder(cls, folder: Path) -> tuple["HFCausalLM", nn.Module]:
-        try:
-            tokenizer = load_tokenizer(folder)
-            model = transformers_offline().AutoModelForCausalLM.from_pretrained(str(folder))
-        except (OSError, ValueError) as error:
-            raise ValueError(f"model: {folder} is not a Hugging Face causal-LM folder ({error})") from None
-        return cls(tokenizer), model
-
-    @classmethod
-    def for_saved_model(cls, folder: Path) -> "HFCausalLM":
-        return cls(load_tokenizer(folder))
-
-    def save_folder(self, model: nn.Module, folder: Path) -> None:
-        save_hf_folder(model, self.tokenizer, folder)
-
-    def save_assets(self, folder: Path) -> None:
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(folder)
-
-    def architecture(self, model: nn.Module) -> dict[str, Any]:
-        return hf_architecture(self.name, model)
-
-    def build(self, architecture: dict[str, Any]) -> nn.Module:
-        return hf_build(architecture, "AutoModelForCausalLM")
+    auto_class = "AutoModelForCausalLM"
+    description = "a Hugging Face causal-LM folder"
 
     def include(self, name: str, module: nn.Module) -> bool:
         return name in TOKEN_EMBEDDINGS or _LAYER.match(name) is not None

@@ -1,15 +1,16 @@
-"""What the Hugging Face adapters share: offline transformers, tokenizers, config-based build, folders, batches."""
+"""What the Hugging Face adapters share: offline transformers, the tokenizer they hold, folders in transformers'
+format, the config as the architecture, tokenised batches."""
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
 
+from rmtkd.adapters.base import ModelAdapter
 from rmtkd.persistence import write_folder_atomically
 
 
@@ -23,14 +24,6 @@ def transformers_offline() -> Any:
     return transformers
 
 
-def model_type(folder: str | Path) -> Optional[str]:
-    """config.json's ``model_type`` of a Hugging Face folder (None when there is no readable config)."""
-    try:
-        return json.loads((Path(folder) / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def load_tokenizer(folder: str | Path) -> Any:
     try:
         return transformers_offline().AutoTokenizer.from_pretrained(str(folder))
@@ -38,26 +31,48 @@ def load_tokenizer(folder: str | Path) -> Any:
         raise ValueError(f"model: {folder} has no usable tokenizer ({error})") from None
 
 
-def hf_architecture(adapter: str, model: nn.Module) -> dict[str, Any]:
-    return {"adapter": adapter, "config": model.config.to_dict()}
+class HFModelAdapter(ModelAdapter):
+    """A Hugging Face model family: models built through transformers' ``auto_class`` from their config, folders
+    in transformers' format (written atomically), and the tokenizer, which every model folder also holds."""
 
+    auto_class: ClassVar[str]  # e.g. "AutoModelForCausalLM"
+    description: ClassVar[str]  # what the folder must hold, for errors: "a Hugging Face causal-LM folder"
 
-def hf_build(architecture: dict[str, Any], auto_class: str) -> nn.Module:
-    """The model of ``architecture["config"]``, randomly initialised, through transformers' ``auto_class``."""
-    transformers = transformers_offline()
-    config = dict(architecture["config"])
-    config_class = transformers.AutoConfig.for_model(config.pop("model_type")).__class__
-    return getattr(transformers, auto_class).from_config(config_class.from_dict(config))
+    def __init__(self, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer
 
+    @classmethod
+    def load_folder(cls, folder: Path, **from_pretrained: Any) -> tuple["HFModelAdapter", nn.Module]:
+        try:
+            tokenizer = load_tokenizer(folder)
+            model = getattr(transformers_offline(), cls.auto_class).from_pretrained(str(folder), **from_pretrained)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"model: {folder} is not {cls.description} ({error})") from None
+        return cls(tokenizer), model
 
-def save_hf_folder(model: nn.Module, tokenizer: Any, folder: Path) -> None:
-    """save_pretrained of the model and its tokenizer, written to a temporary sibling and moved into place."""
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+    @classmethod
+    def for_saved_model(cls, folder: Path) -> "HFModelAdapter":
+        return cls(load_tokenizer(folder))
 
-    write_folder_atomically(Path(folder), write)
+    def save_folder(self, model: nn.Module, folder: Path) -> None:
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            self.save_assets(tmp)
+
+        write_folder_atomically(Path(folder), write)
+
+    def save_assets(self, folder: Path) -> None:
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(folder)
+
+    def architecture(self, model: nn.Module) -> dict[str, Any]:
+        return {"adapter": self.name, "config": model.config.to_dict()}
+
+    def build(self, architecture: dict[str, Any]) -> nn.Module:
+        transformers = transformers_offline()
+        config = dict(architecture["config"])
+        config_class = transformers.AutoConfig.for_model(config.pop("model_type")).__class__
+        return getattr(transformers, self.auto_class).from_config(config_class.from_dict(config))
 
 
 def tokenized_batches(tokenizer: Any, texts: list[str], labels: Optional[list[int]], batch_size: int, max_len: int,

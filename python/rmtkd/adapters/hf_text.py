@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
 from rmtkd.adapters.base import ClassifierAdapter, register_adapter
-from rmtkd.adapters.hf_common import (
-    hf_architecture, hf_build, load_tokenizer, save_hf_folder, tokenized_batches, transformers_offline,
-)
+from rmtkd.adapters.hf_common import HFModelAdapter, tokenized_batches, transformers_offline
 from rmtkd.sites import Site
 
 # Model types whose module layout the adapter knows: embeddings.word_embeddings, encoder.layer.N.
@@ -33,53 +31,30 @@ def default_model_path() -> Optional[str]:
 
 
 @register_adapter
-class HFSequenceClassifier(ClassifierAdapter):
+class HFSequenceClassifier(HFModelAdapter, ClassifierAdapter):
     """A BERT-family encoder + classification head; batches hold input_ids, attention_mask(, token_type_ids),
-    labels. Holds the tokenizer, which model folders need."""
+    labels."""
 
     name = "hf-sequence-classification"
     mask_key = "attention_mask"
     model_types = ENCODER_TYPES
-
-    def __init__(self, tokenizer: Any = None) -> None:
-        self.tokenizer = tokenizer
+    auto_class = "AutoModelForSequenceClassification"
+    description = "a Hugging Face sequence-classification model folder"
 
     @classmethod
     def load_folder(cls, folder: Path, labels: Optional[list[str]] = None) -> tuple["HFSequenceClassifier", nn.Module]:
         """(adapter, model) from a Hugging Face folder. With ``labels``, a new head with one output per label
         (named in config.id2label); without, the folder's own head."""
+        if labels is None:
+            return super().load_folder(folder)
         transformers = transformers_offline()
-        head = {} if labels is None else {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                                          "label2id": {label: i for i, label in enumerate(labels)}}
         verbosity = transformers.logging.get_verbosity()
-        if labels is not None:  # the new head's "missing weights" report is expected: keep the terminal quiet
-            transformers.logging.set_verbosity_error()
+        transformers.logging.set_verbosity_error()  # the new head's "missing weights" report is expected
         try:
-            tokenizer = load_tokenizer(folder)
-            model = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder), **head)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"model: {folder} is not a Hugging Face sequence-classification model folder "
-                             f"({error})") from None
+            return super().load_folder(folder, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                                       label2id={label: i for i, label in enumerate(labels)})
         finally:
             transformers.logging.set_verbosity(verbosity)
-        return cls(tokenizer), model
-
-    @classmethod
-    def for_saved_model(cls, folder: Path) -> "HFSequenceClassifier":
-        return cls(load_tokenizer(folder))
-
-    def save_folder(self, model: nn.Module, folder: Path) -> None:
-        save_hf_folder(model, self.tokenizer, folder)
-
-    def save_assets(self, folder: Path) -> None:
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(folder)
-
-    def architecture(self, model: nn.Module) -> dict[str, Any]:
-        return hf_architecture(self.name, model)
-
-    def build(self, architecture: dict[str, Any]) -> nn.Module:
-        return hf_build(architecture, "AutoModelForSequenceClassification")
 
     def include(self, name: str, module: nn.Module) -> bool:
         return name.endswith("embeddings.word_embeddings") or ".encoder." in f".{name}."

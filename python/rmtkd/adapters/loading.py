@@ -8,8 +8,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from rmtkd.adapters.base import ModelAdapter, get_adapter, registered_adapters
-from rmtkd.adapters.hf_common import model_type
+from rmtkd.adapters.base import ModelAdapter, get_adapter, model_type, registered_adapters
 from rmtkd.persistence import META_FILE, load_compressed, read_meta
 
 

@@ -48,7 +48,8 @@ def model_table(report: dict[str, Any]) -> str:
     for name, row, ms in rows:
         flops = f"{row['flops']:.3g}" if "flops" in row else "—"
         lines.append(f"| {name} | {row['parameters']:,} | {100 * _reduction(row['parameters'], original):.1f}% | "
-                     f"{flops} | {metric_text(report, row[metric_name(report)])} | {'—' if ms is None else f'{ms:.2f}'} |")
+                     f"{flops} | {metric_text(report, row[metric_name(report)])} | "
+                     f"{'—' if ms is None else f'{ms:.2f}'} |")
     if latency:
         lines.append(f"\nlatency speed-up: {latency['original'] / latency['compressed']:.2f}x")
     return "\n".join(lines)

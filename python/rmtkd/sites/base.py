@@ -93,6 +93,16 @@ def trace(model: nn.Module, run: Callable[[], object]) -> Trace:
     return Trace(list(calls.values()), _shared_parameters(model))
 
 
+def group_by_input(cls: type["Site"], calls: list[Call], dim: Callable[[nn.Module], int]) -> list["Site"]:
+    """Sites of ``cls``, one per tensor read: the calls that read the same tensor share one site."""
+    groups: dict[tuple, Site] = {}
+    for call in calls:
+        if call.input_key is not None:
+            site = groups.setdefault(call.input_key, cls(names=[], dim=dim(call.module), order=call.order))
+            site.names.append(call.name)
+    return list(groups.values())
+
+
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

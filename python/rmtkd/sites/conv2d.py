@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from rmtkd.layers import ProjectedConv2d
-from rmtkd.sites.base import Include, Site, Trace, numel, register_site_kind, set_submodule
+from rmtkd.sites.base import Include, Site, Trace, group_by_input, numel, register_site_kind, set_submodule
 
 
 def _full_conv(module: nn.Module) -> bool:
@@ -25,12 +25,7 @@ class SharedInputConv2d(Site):
 
     @classmethod
     def find(cls, model: nn.Module, trace: Trace, include: Include) -> list[Site]:
-        groups: dict[tuple, SharedInputConv2d] = {}
-        for call in trace.called(include, _full_conv):
-            if call.input_key is not None:
-                site = groups.setdefault(call.input_key, cls(names=[], dim=call.module.in_channels, order=call.order))
-                site.names.append(call.name)
-        return list(groups.values())
+        return group_by_input(cls, trace.called(include, _full_conv), lambda module: module.in_channels)
 
     def rows(self, observed: Tensor) -> Tensor:
         return observed.movedim(1, -1)

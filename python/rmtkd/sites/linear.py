@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rmtkd.sites.base import Include, Site, Trace, numel, register_site_kind, set_submodule
+from rmtkd.sites.base import Include, Site, Trace, group_by_input, numel, register_site_kind, set_submodule
 from rmtkd.sites.linear_like import as_linear, is_linear_like, linear_shape
 from rmtkd_kernels import ProjectedLinear
 from rmtkd_kernels.nn import SharedInputProjection
@@ -26,13 +26,8 @@ class SharedInputLinear(Site):
 
     @classmethod
     def find(cls, model: nn.Module, trace: Trace, include: Include) -> list[Site]:
-        groups: dict[tuple, SharedInputLinear] = {}
-        for call in trace.called(include, is_linear_like):
-            if call.input_key is None or trace.is_tied(call.name):
-                continue
-            site = groups.setdefault(call.input_key, cls(names=[], dim=linear_shape(call.module)[0], order=call.order))
-            site.names.append(call.name)
-        return list(groups.values())
+        calls = [c for c in trace.called(include, is_linear_like) if not trace.is_tied(c.name)]
+        return group_by_input(cls, calls, lambda module: linear_shape(module)[0])
 
     def parameters(self, model: nn.Module, k: int) -> tuple[int, int]:
         members = self.members(model)

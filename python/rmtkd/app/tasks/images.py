@@ -20,7 +20,7 @@ from rmtkd.training import TrainConfig, train
 batches = ImageClassifier.batches
 
 
-def eval_set(eval_samples: int | None) -> tuple[torch.Tensor, list[dict]]:
+def test_set(eval_samples: int | None) -> tuple[torch.Tensor, list[dict]]:
     """(images, batches of 500) of the first ``eval_samples`` Fashion-MNIST test images (all if None)."""
     images, labels = load_fashion_mnist("test")
     images, labels = images[:eval_samples], labels[:eval_samples]
@@ -61,7 +61,7 @@ class ImageClassification(CommandTask):
 
     def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress) -> Prepared:
         images, labels = load_fashion_mnist("train")
-        test_images, eval_batches = eval_set(settings.eval_samples)
+        test_images, eval_batches = test_set(settings.eval_samples)
         calib, fit = split_train(len(images), settings.calibration_samples or len(images) // 10,
                                  settings.train_samples, settings.seed)
         fit_images, fit_labels = images[fit], labels[fit]
@@ -76,7 +76,7 @@ class ImageClassification(CommandTask):
         return Prepared(task, "fashion-mnist", latency_probe(test_images))
 
     def eval_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
-        images, eval_batches = eval_set(settings.eval_samples)
+        images, eval_batches = test_set(settings.eval_samples)
         return EvalSet(eval_batches, "fashion-mnist", latency_probe(images))
 
     def calibration_batches(self, settings: Settings, loaded: LoadedModel) -> tuple[list[dict], str]:

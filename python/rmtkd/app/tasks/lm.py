@@ -15,7 +15,7 @@ from torch import nn
 
 from rmtkd.adapters import HFCausalLM, LoadedModel
 from rmtkd.app.tasks.base import CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, split_train
-from rmtkd.app.tasks.text import dataset_name, model_slug
+from rmtkd.app.tasks.text import dataset_name, text_run_folder, uses_bbc_news
 from rmtkd.data import BBC_NEWS, read_bbc_news, read_text_lines, read_text_table
 from rmtkd.loop import Task
 
@@ -29,11 +29,9 @@ def read_texts(path: str, text_column: str) -> list[str]:
 
 def read_corpus(settings: Settings) -> tuple[str, list[str], list[str]]:
     """(name, training documents, evaluation documents): --train/--eval, or BBC News's split."""
-    if settings.train is None and settings.eval is None:
+    if uses_bbc_news(settings):
         train, _, held_out, _ = read_bbc_news()
         return BBC_NEWS, train, held_out
-    if settings.train is None or settings.eval is None:
-        raise ValueError("--train/--eval: give both files, or neither for the built-in BBC News data")
     return (dataset_name(settings.train), read_texts(settings.train, settings.text_column),
             read_texts(settings.eval, settings.text_column))
 
@@ -49,8 +47,7 @@ class LanguageModelling(CommandTask):
     adapters = (HFCausalLM,)
 
     def default_out(self, settings: Settings) -> Path:
-        data = "bbc-news" if settings.train is None else dataset_name(settings.train)
-        return Path("runs") / f"{data}-{model_slug(settings.model)}"
+        return text_run_folder(settings)
 
     def _model(self, settings: Settings) -> LoadedModel:
         if settings.model is None:

@@ -26,17 +26,23 @@ class TextData:
     eval_labels: list[str]
 
 
+def uses_bbc_news(settings: Settings) -> bool:
+    """True without --train/--eval (the built-in BBC News split); False with both; an error with one."""
+    if (settings.train is None) != (settings.eval is None):
+        raise ValueError("--train/--eval: give both files, or neither for the built-in BBC News data")
+    return settings.train is None
+
+
 def read_text_data(settings: Settings) -> TextData:
     """--train/--eval files, or the built-in BBC News split when neither is given."""
-    if settings.train is None and settings.eval is None:
+    if uses_bbc_news(settings):
         data = TextData(BBC_NEWS, *read_bbc_news())
-    elif settings.train is None or settings.eval is None:
-        raise ValueError("--train/--eval: give both files, or neither for the built-in BBC News data")
     else:
         train_texts, train_labels = read_text_table(settings.train, settings.text_column, settings.label_column)
         eval_texts, eval_labels = read_text_table(settings.eval, settings.text_column, settings.label_column)
         data = TextData(dataset_name(settings.train), train_texts, train_labels, eval_texts, eval_labels)
-    data.eval_texts, data.eval_labels = data.eval_texts[: settings.eval_samples], data.eval_labels[: settings.eval_samples]
+    data.eval_texts = data.eval_texts[: settings.eval_samples]
+    data.eval_labels = data.eval_labels[: settings.eval_samples]
     return data
 
 
@@ -50,6 +56,12 @@ def model_slug(path: str | None) -> str:
     """A short name of a model folder for default output folders and titles."""
     name = Path(path).name if path else "model"
     return "minilm" if "minilm" in name.lower() or path == default_model_path() else name
+
+
+def text_run_folder(settings: Settings) -> Path:
+    """runs/<data>-<model>: the default output folder of a text or language-model run."""
+    data = "bbc-news" if settings.train is None else dataset_name(settings.train)
+    return Path("runs") / f"{data}-{model_slug(settings.model)}"
 
 
 def label_ids(config: Any, names: list[str]) -> list[int]:
@@ -76,8 +88,7 @@ class TextClassification(CommandTask):
     adapters = (HFSequenceClassifier,)
 
     def default_out(self, settings: Settings) -> Path:
-        data = "bbc-news" if settings.train is None else dataset_name(settings.train)
-        return Path("runs") / f"{data}-{model_slug(settings.model)}"
+        return text_run_folder(settings)
 
     def teacher(self, settings: Settings, data: TextData, fit: list[int], out: Path, log: Log,
                 progress: Progress) -> LoadedModel:
