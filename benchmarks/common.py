@@ -1,6 +1,6 @@
 """Timing, roofline and result-writing helpers shared by the benchmark scripts.
 
-Rules (GUIDE §4): median of many timed calls after warm-up, random inputs, several input buffers rotated when
+Rules: median of many timed calls after warm-up, random inputs, several input buffers rotated when
 they would otherwise sit in cache, ratios only between numbers measured in the same run.
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ def backend_params(op: str) -> list:
 
 
 def dtypes_for(backend: str, device: str) -> list[torch.dtype]:
-    """Input dtypes to test. bf16 tl.dot is wrong under the Triton CPU interpreter (GUIDE §1): GPU only there."""
+    """Input dtypes to test. bf16 tl.dot is wrong under the Triton CPU interpreter: GPU only there."""
     if backend == "triton" and device == "cpu":
         return [torch.float32, torch.float16]
     return [torch.float32, torch.float16, torch.bfloat16]
