@@ -32,10 +32,10 @@ from rmtkd.app.tasks import TASKS, Settings
 from rmtkd.app.tasks.text import model_slug
 from rmtkd.baselines import run_baselines
 from rmtkd.calibration import N_EFF_RULES, PLOTS, SelectionConfig
-from rmtkd.persistence import write_text_atomically
 from rmtkd.distill import DistillConfig
 from rmtkd.loop import CHECKPOINT, LoopConfig, compress
 from rmtkd.metrics import count_parameters, forward_flops, latency_ms
+from rmtkd.persistence import write_text_atomically
 from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS
 
 
