@@ -8,42 +8,80 @@ import gzip
 import importlib.util
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 
 
+# Fields as long as a file may hold (csv's default limit, 128 KiB, would refuse a long document).
+csv.field_size_limit(2**31 - 1)
+Record = tuple[int, dict]  # (line number in the file, the row)
+
+
+def _table_records(handle: Iterable[str], path: Path, delimiter: str) -> Iterator[Record]:
+    """Rows of a TSV/CSV file with a header line; a row whose field count differs from the header's is an error.
+    TSV fields are taken as they are (no quoting: GLUE's files hold bare quotes), CSV fields may be quoted."""
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+    header = next(reader, None)
+    if header is None:
+        return
+    for row in reader:
+        if not row:
+            continue  # a blank line
+        if len(row) != len(header):
+            raise ValueError(f"data: {path} line {reader.line_num}: expected {len(header)} fields "
+                             f"({', '.join(map(repr, header))}), found {len(row)}")
+        yield reader.line_num, dict(zip(header, row))
+
+
+def _jsonl_records(handle: Iterable[str], path: Path) -> Iterator[Record]:
+    for number, line in enumerate(handle, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"data: {path} line {number} is not valid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"data: {path} line {number}: expected one JSON object per line, found "
+                             f"{type(row).__name__}")
+        yield number, row
+
+
 def read_text_table(path: str | Path, text_column: str = "sentence",
                     label_column: Optional[str] = "label") -> tuple[list[str], Optional[list[str]]]:
-    """(texts, labels or None). Format by suffix: .tsv, .csv, .jsonl/.json (one object per line)."""
+    """(texts, labels or None). Format by suffix: .tsv, .csv (a header line, then one row per example; a UTF-8
+    byte-order mark is allowed), .jsonl/.json (one object per line). Every malformed row is an error naming
+    its line."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data: file not found: {path}")
     suffix = path.suffix.lower()
     if suffix not in (".tsv", ".csv", ".jsonl", ".json"):
         raise ValueError(f"data: expected a .tsv, .csv or .jsonl file, got {path.name}")
+    wanted = [text_column] + ([label_column] if label_column is not None else [])
+    texts: list[str] = []
+    labels: list[str] = []
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            if suffix in (".tsv", ".csv"):
-                rows = list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",",
-                                           quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL))
-            else:
-                rows = [json.loads(line) for line in handle if line.strip()]
-    except (OSError, UnicodeDecodeError, csv.Error, json.JSONDecodeError) as error:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            records = (_jsonl_records(handle, path) if suffix in (".jsonl", ".json")
+                       else _table_records(handle, path, "\t" if suffix == ".tsv" else ","))
+            for number, row in records:
+                missing = [key for key in wanted if key not in row]
+                if missing:
+                    option = "text_column" if missing[0] == text_column else "label_column"
+                    where = "is not a column of" if suffix in (".tsv", ".csv") else f"is missing on line {number} of"
+                    raise ValueError(f"{option}: {missing[0]!r} {where} {path.name} (columns: {list(row)})")
+                texts.append(str(row[text_column]))
+                if label_column is not None:
+                    labels.append(str(row[label_column]))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise ValueError(f"data: cannot read {path} as UTF-8 {suffix[1:].upper()} ({error})") from None
-    if rows and not all(isinstance(row, dict) for row in rows):
-        raise ValueError(f"data: {path} must hold one JSON object per line")
-    if not rows:
+    if not texts:
         raise ValueError(f"data: {path} holds no rows")
-    columns = list(rows[0].keys())
-    if text_column not in columns:
-        raise ValueError(f"text_column: {text_column!r} is not a column of {path.name} (columns: {columns})")
-    if label_column is not None and label_column not in columns:
-        raise ValueError(f"label_column: {label_column!r} is not a column of {path.name} (columns: {columns})")
-    texts = [str(row[text_column]) for row in rows]
-    labels = [str(row[label_column]) for row in rows] if label_column is not None else None
-    return texts, labels
+    return texts, labels if label_column is not None else None
 
 
 BBC_NEWS = "bbc-news"

@@ -48,7 +48,7 @@ def test_compress_end_to_end_and_resume(tmp_path, tiny_model, capsys):
     assert "| weight_svd" in markdown
 
     # the compressed folder stands alone (weights + tokenizer): `rmtkd evaluate` reproduces the accuracy
-    assert main(["evaluate", "--model", str(out / "model"), "--train", str(tmp_path / "train.tsv"),
+    assert main(["evaluate", "--model", str(out / "model"),  # evaluating needs no training data
                  "--eval", str(tmp_path / "dev.tsv"), "--max-len", "16", "--latency-seq-len", "16", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["accuracy"] == pytest.approx(report["final"]["accuracy"])
@@ -95,11 +95,13 @@ def test_user_errors_are_one_line(tmp_path, tiny_model, capsys):
     (tmp_path / "empty.tsv").write_text("")
     assert main(base + ["--train", str(tmp_path / "empty.tsv"), "--eval", str(tmp_path / "dev.tsv")]) == 2
     assert "holds no rows" in capsys.readouterr().err
-    assert main(["evaluate", "--model", str(tmp_path), "--train", str(tmp_path / "train.tsv"),
-                 "--eval", str(tmp_path / "dev.tsv")]) == 2
+    assert main(["evaluate", "--model", str(tmp_path), "--eval", str(tmp_path / "dev.tsv")]) == 2
     assert "is neither an rmtkd model folder" in capsys.readouterr().err
     assert main(base + ["--train", str(tmp_path / "train.tsv"), "--eval", str(tmp_path / "dev.tsv")]) == 2
     assert "eval: labels ['7'] do not occur in the training data" in capsys.readouterr().err
+    (tmp_path / "one-class.tsv").write_text("sentence\tlabel\n" + "".join(f"text {i}\t1\n" for i in range(40)))
+    assert main(base + ["--train", str(tmp_path / "one-class.tsv"), "--eval", str(tmp_path / "one-class.tsv")]) == 2
+    assert "holds one class ('1'); a classifier needs examples of at least two" in capsys.readouterr().err
     assert main(base + ["--train", str(tmp_path / "train.tsv"), "--eval", str(tmp_path / "train.tsv"),
                         "--label-column", "stars"]) == 2
     assert "label_column: 'stars' is not a column" in capsys.readouterr().err

@@ -33,8 +33,35 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match=r"data: cannot read .*binary.tsv as UTF-8 TSV"):
         read_text_table(tmp_path / "binary.tsv")
     (tmp_path / "broken.jsonl").write_text('{"sentence": "ok", "label": 1}\n{"sentence": \n')
-    with pytest.raises(ValueError, match=r"data: cannot read .*broken.jsonl as UTF-8 JSONL"):
+    with pytest.raises(ValueError, match=r"data: .*broken.jsonl line 2 is not valid JSON"):
         read_text_table(tmp_path / "broken.jsonl")
     (tmp_path / "list.jsonl").write_text('["not", "an", "object"]\n')
-    with pytest.raises(ValueError, match="must hold one JSON object per line"):
+    with pytest.raises(ValueError, match="list.jsonl line 1: expected one JSON object per line, found list"):
         read_text_table(tmp_path / "list.jsonl")
+
+
+def test_malformed_rows_name_their_line(tmp_path):
+    """A row with a field too many or too few is never taken as text or label; JSON lines name their line."""
+    (tmp_path / "extra.tsv").write_text("sentence\tlabel\nfine\t1\ntoo\tmany\t0\n")
+    with pytest.raises(ValueError, match=r"extra.tsv line 3: expected 2 fields \('sentence', 'label'\), found 3"):
+        read_text_table(tmp_path / "extra.tsv")
+    (tmp_path / "short.tsv").write_text("sentence\tlabel\nfine\t1\nno label here\n")
+    with pytest.raises(ValueError, match=r"short.tsv line 3: expected 2 fields .*found 1"):
+        read_text_table(tmp_path / "short.tsv")
+    (tmp_path / "quoted.csv").write_text('sentence,label\n"a, quoted\nfield",1\nnext,0,extra\n')
+    with pytest.raises(ValueError, match=r"quoted.csv line 4: expected 2 fields"):  # line of the file, not row
+        read_text_table(tmp_path / "quoted.csv")
+    (tmp_path / "keyless.jsonl").write_text('{"sentence": "a", "label": 1}\n\n{"text": "b", "label": 0}\n')
+    with pytest.raises(ValueError, match=r"text_column: 'sentence' is missing on line 3 of keyless.jsonl"):
+        read_text_table(tmp_path / "keyless.jsonl")
+    (tmp_path / "broken.jsonl").write_text('{"sentence": "a", "label": 1}\n\n\n{"sentence": "b", \n')
+    with pytest.raises(ValueError, match=r"broken.jsonl line 4 is not valid JSON"):
+        read_text_table(tmp_path / "broken.jsonl")
+
+
+def test_byte_order_marks_and_long_fields(tmp_path):
+    (tmp_path / "bom.csv").write_bytes("\ufeffsentence,label\nhello,1\n".encode("utf-8"))
+    assert read_text_table(tmp_path / "bom.csv") == (["hello"], ["1"])
+    long = "word " * 250_000  # 1.25 MB in one field
+    (tmp_path / "long.tsv").write_text(f"sentence\tlabel\n{long}\t1\n")
+    assert read_text_table(tmp_path / "long.tsv")[0] == [long]

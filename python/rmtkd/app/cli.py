@@ -163,12 +163,13 @@ def bench_command(args: argparse.Namespace) -> int:
     return subprocess.call(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def _data_options(p: argparse.ArgumentParser, with_labels: bool = True) -> None:
+def _data_options(p: argparse.ArgumentParser, with_labels: bool = True, with_train: bool = True) -> None:
     p.add_argument("--task", choices=tuple(TASKS), default="text",
                    help="text: Hugging Face encoder classifier on TSV/CSV/JSONL or BBC News; images: CNN on "
                         "Fashion-MNIST; lm: Hugging Face causal LM (GPT-2, Llama family) on .txt or BBC News")
-    p.add_argument("--train", help="training TSV/CSV/JSONL (lm: also .txt, one document per line; default: the "
-                                   "built-in BBC News training split)")
+    if with_train:
+        p.add_argument("--train", help="training TSV/CSV/JSONL (lm: also .txt, one document per line; default: "
+                                       "the built-in BBC News training split)")
     if with_labels:
         p.add_argument("--eval", help="evaluation file, as --train (default: the BBC News evaluation split)")
         p.add_argument("--label-column", default="label")
@@ -239,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(run=spectrum_command)
 
     e = commands.add_parser("evaluate", help="accuracy or perplexity, size, FLOPs and latency of a model folder")
-    _data_options(e)
+    _data_options(e, with_train=False)
     e.add_argument("--model", required=True, help="rmtkd model folder (OUT/model, OUT/teacher) or Hugging Face "
                                                   "model folder")
     e.add_argument("--latency-seq-len", type=int, default=128, help="text, lm: sequence length of the latency probe")

@@ -78,7 +78,9 @@ class LanguageModelling(CommandTask):
         return Prepared(task, name, latency_probe(adapter, eval_texts, settings.latency_seq_len))
 
     def eval_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
-        name, _, eval_texts = read_corpus(settings)
+        source = settings.eval  # evaluating reads no training data
+        name, eval_texts = ((BBC_NEWS, read_bbc_news()[2]) if source is None
+                            else (dataset_name(source), read_texts(source, settings.text_column)))
         adapter = loaded.adapter
         batches = adapter.chunk_batches(self._eval_chunks(adapter, eval_texts, settings), settings.batch_size)
         return EvalSet(batches, name, latency_probe(adapter, eval_texts, settings.latency_seq_len))

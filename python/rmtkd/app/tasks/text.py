@@ -115,6 +115,10 @@ class TextClassification(CommandTask):
 
     def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress) -> Prepared:
         data = read_text_data(settings)
+        classes = sorted(set(data.train_labels))
+        if len(classes) < 2:
+            raise ValueError(f"train: {settings.train or 'the training data'} holds one class ({classes[0]!r}); "
+                             "a classifier needs examples of at least two")
         unseen = sorted(set(data.eval_labels) - set(data.train_labels))
         if unseen:
             raise ValueError(f"eval: labels {unseen[:5]} do not occur in the training data "
@@ -132,20 +136,26 @@ class TextClassification(CommandTask):
                                                        limit=settings.distill_steps),
             calibration_batches=adapter.batches([data.train_texts[i] for i in calib], None, settings.batch_size,
                                                 settings.max_len),
-            eval_batches=self._eval_batches(adapter, model, data, settings),
+            eval_batches=self._eval_batches(adapter, model, data.eval_texts, data.eval_labels, settings),
         )
         return Prepared(task, data.name, latency_probe(adapter, data.eval_texts[0], settings.latency_seq_len))
 
     @staticmethod
-    def _eval_batches(adapter: HFSequenceClassifier, model: nn.Module, data: TextData,
+    def _eval_batches(adapter: HFSequenceClassifier, model: nn.Module, texts: list[str], labels: list[str],
                       settings: Settings) -> list[dict]:
         """The evaluation split in batches of 64, labels mapped through the model's label map."""
-        return adapter.batches(data.eval_texts, label_ids(model.config, data.eval_labels), 64, settings.max_len)
+        return adapter.batches(texts, label_ids(model.config, labels), 64, settings.max_len)
 
     def eval_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
-        data = read_text_data(settings)
-        return EvalSet(self._eval_batches(loaded.adapter, loaded.model, data, settings), data.name,
-                       latency_probe(loaded.adapter, data.eval_texts[0], settings.latency_seq_len))
+        source = settings.eval  # evaluating reads no training data
+        if source is None:
+            _, _, texts, labels = read_bbc_news()
+        else:
+            texts, labels = read_text_table(source, settings.text_column, settings.label_column)
+        texts, labels = texts[: settings.eval_samples], labels[: settings.eval_samples]
+        return EvalSet(self._eval_batches(loaded.adapter, loaded.model, texts, labels, settings),
+                       BBC_NEWS if source is None else dataset_name(source),
+                       latency_probe(loaded.adapter, texts[0], settings.latency_seq_len))
 
     def calibration_batches(self, settings: Settings, loaded: LoadedModel) -> tuple[list[dict], str]:
         if settings.train is None:
