@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rmtkd_kernels.ops import projected_linear_unchecked
+from rmtkd_kernels.validation import allocate
 
 
 class SharedInputProjection:
@@ -56,6 +57,8 @@ def _checked_basis(linear: nn.Linear, basis: Tensor, mean: Optional[Tensor], sid
         got = tuple(basis.shape) if isinstance(basis, Tensor) else type(basis).__name__
         raise ValueError(f"basis: expected shape ({dim}, k) with k >= 1 for a Linear with {dim} {side}, got {got}")
     p = basis.detach().to(torch.float64)
+    if not torch.isfinite(p).all():
+        raise ValueError(f"basis: expected finite values, got {int((~torch.isfinite(p)).sum())} NaN/Inf entries")
     gram_error = (p.T @ p - torch.eye(p.shape[1], dtype=torch.float64, device=p.device)).abs().max().item()
     tolerance = max(1e-4, 50 * torch.finfo(basis.dtype).eps)
     if gram_error > tolerance:
@@ -63,6 +66,8 @@ def _checked_basis(linear: nn.Linear, basis: Tensor, mean: Optional[Tensor], sid
     if mean is not None and (not isinstance(mean, Tensor) or tuple(mean.shape) != (dim,)):
         got = tuple(mean.shape) if isinstance(mean, Tensor) else type(mean).__name__
         raise ValueError(f"mean: expected shape ({dim},), got {got}")
+    if mean is not None and not torch.isfinite(mean).all():
+        raise ValueError("mean: expected finite values, got NaN/Inf")
     return p
 
 
@@ -91,10 +96,12 @@ class ProjectedLinear(nn.Module):
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.backend = backend
-        factory = {"device": device, "dtype": dtype}
-        self.basis = nn.Parameter(torch.empty(in_features, rank, **factory))
-        self.weight = nn.Parameter(torch.empty(out_features, rank, **factory))
-        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        dtype = dtype or torch.get_default_dtype()
+        self.basis = nn.Parameter(allocate("in_features", f"a {in_features} × {rank} basis", (in_features, rank),
+                                           dtype, device))
+        self.weight = nn.Parameter(allocate("out_features", f"a {out_features} × {rank} weight", (out_features, rank),
+                                            dtype, device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         self.shared_input: Optional[SharedInputProjection] = None  # set for members of a shared-basis site
         self.reset_parameters()
 

@@ -13,6 +13,20 @@ INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 ACCUMULATOR_DTYPES = (torch.float64, torch.float32)
 
 
+def allocate(name: str, what: str, shape: tuple[int, ...], dtype: torch.dtype,
+             device: Optional[torch.device | str]) -> torch.Tensor:
+    """torch.zeros(shape), or a ValueError naming the argument that asked for more memory than there is."""
+    try:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        size = torch.tensor([], dtype=dtype).element_size()
+        for extent in shape:
+            size *= extent
+        reason = str(error).strip().splitlines()[0][:120]
+        raise ValueError(f"{name}: {what} needs {size / 2**30:.3g} GiB of {dtype} on {device or 'cpu'}, which "
+                         f"could not be allocated ({reason})") from None
+
+
 def _fail(name: str, expected: str, got: str) -> None:
     raise ValueError(f"{name}: expected {expected}, got {got}")
 
@@ -33,6 +47,26 @@ def check_same_device(reference_name: str, reference: torch.Tensor, **others: Op
     for name, t in others.items():
         if t is not None and t.device != reference.device:
             _fail(name, f"a tensor on {reference.device} (the device of {reference_name})", f"device {t.device}")
+
+
+def _memory_span(t: torch.Tensor) -> tuple[int, int]:
+    """[first byte, last byte + 1) of the memory a tensor's elements occupy."""
+    if t.numel() == 0:
+        return t.data_ptr(), t.data_ptr()
+    extent = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) + 1
+    return t.data_ptr(), t.data_ptr() + extent * t.element_size()
+
+
+def check_no_overlap(outputs: dict[str, torch.Tensor], inputs: dict[str, Optional[torch.Tensor]]) -> None:
+    """Outputs updated in place must share no memory with each other or with the inputs (a kernel reading what
+    it writes gives a silently wrong answer)."""
+    named = [(name, t) for name, t in {**outputs, **inputs}.items() if t is not None]
+    for i, (out_name, out) in enumerate(named[: len(outputs)]):
+        start, end = _memory_span(out)
+        for other_name, other in named[i + 1:]:
+            if other.device == out.device and start < _memory_span(other)[1] and _memory_span(other)[0] < end:
+                _fail(out_name, f"memory of its own (it is written in place), not shared with {other_name}",
+                      "overlapping tensors")
 
 
 def check_cov_args(
@@ -63,6 +97,8 @@ def check_cov_args(
         if tuple(row_mask.shape) != (n,):
             _fail("row_mask", f"shape ({n},), one flag per row of x", f"shape {tuple(row_mask.shape)}")
     check_same_device("x", x, gram=gram, colsum=colsum, nonfinite_rows=nonfinite_rows, row_mask=row_mask)
+    check_no_overlap({"gram": gram, "colsum": colsum, "nonfinite_rows": nonfinite_rows},
+                     {"x": x, "row_mask": row_mask})
 
 
 def check_projected_linear_args(

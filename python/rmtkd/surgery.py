@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from rmtkd.sites import Site, site_kind
@@ -37,6 +38,8 @@ def rewrite_site(model: nn.Module, site: Site, basis: Tensor, mean: Tensor) -> R
     if not isinstance(mean, Tensor) or tuple(mean.shape) != (site.dim,):
         got = tuple(mean.shape) if isinstance(mean, Tensor) else type(mean).__name__
         raise ValueError(f"mean: expected shape ({site.dim},) for site {site.name} (zeros for none), got {got}")
+    if not (torch.isfinite(basis).all() and torch.isfinite(mean).all()):
+        raise ValueError(f"basis, mean: expected finite values for site {site.name}, got NaN/Inf")
     site.rewrite(model, basis, mean)
     return Rewrite(kind=site.kind, names=tuple(site.names), dim=site.dim, rank=basis.shape[1])
 

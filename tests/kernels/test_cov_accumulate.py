@@ -138,3 +138,17 @@ def test_million_row_stream_keeps_float64_precision():
     assert _streaming_error(torch.float64, None) <= 1e-10
     # The same stream into a float32 accumulator does lose precision: the check above can fail.
     assert _streaming_error(torch.float32, "reference") > 1e-9
+
+
+@pytest.mark.parametrize("device,backend", backend_params("cov_accumulate"))
+def test_outputs_sharing_memory_with_inputs_are_refused(device, backend):
+    """gram aliasing x (or colsum inside gram's buffer) would make the kernel read what it writes."""
+    x = torch.randn(6, 6, dtype=torch.float64, device=device)
+    colsum, bad = torch.zeros(6, dtype=torch.float64, device=device), torch.zeros((), dtype=torch.int64, device=device)
+    with pytest.raises(ValueError, match="gram: expected memory of its own .* not shared with x"):
+        cov_accumulate(x, x, colsum, bad, backend=backend if backend != "triton" else None)
+    buffer = torch.zeros(6 * 6 + 6, dtype=torch.float64, device=device)
+    with pytest.raises(ValueError, match="gram: expected memory of its own .* not shared with colsum"):
+        cov_accumulate(x.float(), buffer[:36].view(6, 6), buffer[30:36], bad)
+    cov_accumulate(x.float(), buffer[:36].view(6, 6), buffer[36:], bad)  # side by side in one buffer is fine
+    assert torch.isfinite(buffer).all() and buffer[36:].abs().sum() > 0

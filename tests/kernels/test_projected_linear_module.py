@@ -118,3 +118,13 @@ def test_bad_input_names_the_argument():
         ProjectedLinear(10, 4, 3)(torch.randn(2, 10, dtype=torch.float64))
     with pytest.raises(ValueError, match="x: expected a tensor on cpu"):
         ProjectedLinear(10, 4, 3)(torch.randn(2, 10, device="meta"))
+
+
+def test_non_finite_bases_and_impossible_sizes_are_named():
+    linear = nn.Linear(8, 5)
+    with pytest.raises(ValueError, match="basis: expected finite values, got 16 NaN/Inf entries"):
+        ProjectedLinear.from_linear(linear, torch.full((8, 2), float("nan")))
+    with pytest.raises(ValueError, match="mean: expected finite values"):
+        ProjectedLinear.from_linear(linear, torch.eye(8)[:, :2], mean=torch.full((8,), float("inf")))
+    with pytest.raises(ValueError, match=r"in_features: a 100000000 × 100000000 basis needs"):
+        ProjectedLinear(100_000_000, 4, 100_000_000)
