@@ -84,6 +84,10 @@ class ModelAdapter(ABC):
     def save_assets(self, folder: Path) -> None:
         """Write what a model folder needs besides its weights to be used on its own (e.g. the tokenizer)."""
 
+    def check_model(self, model: nn.Module, folder: Path) -> None:
+        """Raise a ValueError naming ``folder`` if the loaded model and this adapter's assets do not belong
+        together (a tokenizer of another model)."""
+
     @abstractmethod
     def architecture(self, model: nn.Module) -> dict[str, Any]:
         """What :meth:`build` needs to make ``model`` (uncompressed, without its weights); JSON-ready."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from rmtkd.adapters.base import ModelAdapter
@@ -46,7 +47,7 @@ class HFModelAdapter(ModelAdapter):
         try:
             tokenizer = load_tokenizer(folder)
             model = getattr(transformers_offline(), cls.auto_class).from_pretrained(str(folder), **from_pretrained)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, SafetensorError) as error:
             raise ValueError(f"model: {folder} is not {cls.description} ({error})") from None
         return cls(tokenizer), model
 
@@ -64,6 +65,15 @@ class HFModelAdapter(ModelAdapter):
     def save_assets(self, folder: Path) -> None:
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
+
+    def check_model(self, model: nn.Module, folder: Path) -> None:
+        """The tokenizer must fit the embeddings: no more tokens than rows (ids would fall outside the table),
+        and not far fewer (a folder without its tokenizer files loads a stub of a few tokens)."""
+        rows = model.get_input_embeddings().num_embeddings
+        tokens = len(self.tokenizer)
+        if not rows // 2 <= tokens <= rows:
+            raise ValueError(f"model: the tokenizer in {folder} has {tokens:,} tokens for {rows:,} embedding rows; "
+                             "its files are missing or belong to another model")
 
     def architecture(self, model: nn.Module) -> dict[str, Any]:
         return {"adapter": self.name, "config": model.config.to_dict()}

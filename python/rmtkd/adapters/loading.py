@@ -33,6 +33,7 @@ def load_model(path: str | Path) -> LoadedModel:
         meta = read_meta(path)
         adapter = get_adapter(meta["architecture"].get("adapter")).for_saved_model(path)
         model, meta = load_compressed(path, adapter.build)
+        adapter.check_model(model, path)
         return LoadedModel(adapter, model, meta)
     if not (path / "config.json").is_file():
         raise ValueError(f"model: {path} is neither an rmtkd model folder ({META_FILE}) nor a Hugging Face model "
@@ -40,6 +41,7 @@ def load_model(path: str | Path) -> LoadedModel:
     for cls in registered_adapters():
         if cls.recognizes(path):
             adapter, model = cls.load_folder(path)
+            adapter.check_model(model, path)
             return LoadedModel(adapter, model, None)
     raise ValueError(f"model: {path} holds a {model_type(path)!r} model, which no adapter knows; adapters: "
                      f"{known_formats()}")
