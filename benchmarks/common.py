@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 import rmtkd_kernels
-from rmtkd.persistence import write_text_atomically
+from rmtkd.atomic import write_text_atomically
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -36,9 +36,9 @@ from common import (  # noqa: E402
 )
 from energy import measure, measure_idle, open_meter  # noqa: E402
 
-from rmtkd.metrics import count_parameters  # noqa: E402
-from rmtkd.persistence import save_figure_atomically  # noqa: E402
 from rmtkd.adapters import LoadedModel, load_model  # noqa: E402
+from rmtkd.atomic import save_figure_atomically  # noqa: E402
+from rmtkd.metrics import count_parameters  # noqa: E402
 from rmtkd_kernels.backends import ENV_VAR  # noqa: E402
 
 

@@ -97,8 +97,8 @@ def projected_linear(
 
     The fused backends keep the k-wide intermediate on chip; the reference runs two matmuls.
     """
-    if not isinstance(x, Tensor) or x.dim() < 1:
-        raise ValueError(f"x: expected a tensor with at least 1 dimension (..., d_in), got {type(x).__name__}"
+    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x: expected a tensor of shape (..., d_in) with d_in >= 1, got {type(x).__name__}"
                          + (f" of shape {tuple(x.shape)}" if isinstance(x, Tensor) else ""))
     check_projected_linear_args(x.reshape(-1, x.shape[-1]), basis, weight, bias)
     return projected_linear_unchecked(x, basis, weight, bias, backend)

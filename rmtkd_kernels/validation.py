@@ -112,6 +112,8 @@ def check_projected_linear_args(
     check_floating("weight", weight)
     check_rank("weight", weight, 2)
     d_in, k = basis.shape
+    if k == 0:
+        _fail("basis", "at least one column (k >= 1)", f"shape {tuple(basis.shape)}")
     if x.shape[1] != d_in:
         _fail("x", f"last dimension {d_in} (basis has {d_in} rows)", f"shape {tuple(x.shape)}")
     if weight.shape[1] != k:

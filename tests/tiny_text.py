@@ -28,12 +28,12 @@ def write_table(path, rows: int, seed: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def save_tiny_bert(folder: Path) -> Path:
-    """A 2-layer, 48-wide BERT encoder with random weights and MiniLM's tokenizer, saved to ``folder``."""
+def save_tiny_bert(folder: Path, layers: int = 2) -> Path:
+    """A ``layers``-layer, 48-wide BERT encoder with random weights and MiniLM's tokenizer, saved to ``folder``."""
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_text.default_model_path())
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2,
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=layers,
                                      num_attention_heads=2, intermediate_size=96, max_position_embeddings=64)
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(folder)

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from rmtkd.adapters.base import ModelAdapter
+from rmtkd.atomic import write_text_atomically
 from rmtkd.calibration import SelectionConfig, calibrate, discover_sites, select_site
 from rmtkd.distill import DistillConfig, NonFiniteLoss, distill
 from rmtkd.metrics import count_parameters, forward_flops
-from rmtkd.persistence import load_compressed, read_meta, save_compressed, write_text_atomically
+from rmtkd.persistence import load_compressed, read_meta, save_compressed
 from rmtkd.sites import Site
 from rmtkd.spectral import SubspaceSelection
 from rmtkd.surgery import Rewrite, rewrite_site

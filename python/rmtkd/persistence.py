@@ -3,15 +3,12 @@
 A model folder holds ``model.safetensors`` (shared projections stored once, by safetensors' save_model) and
 ``rmtkd.json``: {"format": 1, "architecture": {...}, "rewrites": [{kind, names, dim, rank}, ...], ...}. Loading
 builds the original architecture from ``architecture`` (no original weights needed), re-applies the rewrites'
-shapes and loads the weights, so outputs are identical. Folders are written to a temporary sibling and moved
-into place, so a crash never leaves a half-written model where a complete one was.
+shapes and loads the weights, so outputs are identical. Folders are written atomically (``rmtkd.atomic``), so a
+crash never leaves a half-written model where a complete one was.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -19,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from rmtkd.atomic import write_folder_atomically
 from rmtkd.sites import site_kind
 from rmtkd.surgery import Rewrite, apply_structure
 
@@ -26,41 +24,6 @@ FORMAT = 1
 META_FILE = "rmtkd.json"
 WEIGHTS_FILE = "model.safetensors"
 Builder = Callable[[dict[str, Any]], nn.Module]
-
-
-def write_text_atomically(path: str | Path, text: str) -> None:
-    """Write a file through a temporary sibling and a rename: readers see the old or the new file, never half."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_figure_atomically(figure: Any, path: str | Path) -> Path:
-    """Save a matplotlib Figure as PNG through a temporary sibling and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.png"
-    figure.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
-
-
-def write_folder_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a fresh sibling folder, then swap it in place of ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_compressed(model: nn.Module, rewrites: list[Rewrite], path: str | Path, architecture: dict[str, Any],

@@ -82,7 +82,7 @@ def _cov_state(d=4, dtype=torch.float64):
         (lambda: projected_linear(torch.randn(3, 4), torch.randn(4, 2, 1), torch.randn(6, 2)),
          r"basis: expected a 2-D tensor"),
         (lambda: projected_linear(torch.tensor(1.0), torch.randn(4, 2), torch.randn(6, 2)),
-         r"x: expected a tensor with at least 1 dimension"),
+         r"x: expected a tensor of shape \(\.\.\., d_in\) with d_in >= 1"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(call, message):

@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from rmtkd.adapters.base import ModelAdapter
-from rmtkd.persistence import write_folder_atomically
+from rmtkd.atomic import write_folder_atomically
 
 
 def transformers_offline() -> Any:

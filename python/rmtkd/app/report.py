@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from matplotlib.figure import Figure
 
-from rmtkd.persistence import save_figure_atomically, write_text_atomically
+from rmtkd.atomic import save_figure_atomically, write_text_atomically
 
 TRADEOFF_PLOT = "plots/tradeoff.png"
 

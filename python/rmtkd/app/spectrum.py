@@ -14,7 +14,7 @@ from torch import nn
 
 from rmtkd.adapters import ModelAdapter
 from rmtkd.calibration import SelectionConfig, calibrate, discover_sites, select_site
-from rmtkd.persistence import write_text_atomically
+from rmtkd.atomic import write_text_atomically
 
 
 def summarise(rows: list[dict], header: str) -> str:

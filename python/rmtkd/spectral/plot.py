@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 from matplotlib.figure import Figure
 
-from rmtkd.persistence import save_figure_atomically
+from rmtkd.atomic import save_figure_atomically
 from rmtkd.spectral.noise import nonzero_eigenvalues
 from rmtkd.spectral.selection import SubspaceSelection
 
