@@ -31,6 +31,7 @@ from rmtkd.spectral import SubspaceSelection
 from rmtkd.surgery import Rewrite, rewrite_site
 
 CHECKPOINT = "checkpoint"
+LOOP_STATE_KEYS = {"fingerprint", "next_step", "rewrites", "steps", "original"}  # what a checkpoint's state holds
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,10 @@ def _resume(out_dir: Path, task: Task, fingerprint: str) -> Optional[tuple[nn.Mo
     path = out_dir / CHECKPOINT
     if not path.exists():
         return None
-    state = read_meta(path)["loop"]
+    state = read_meta(path).get("loop")
+    if not isinstance(state, dict) or not LOOP_STATE_KEYS <= set(state):
+        raise ValueError(f"out_dir: {path} is not a checkpoint of this rmtkd (its rmtkd.json has no loop state "
+                         f"with {sorted(LOOP_STATE_KEYS)}); use another folder")
     if state["fingerprint"] != fingerprint:
         raise ValueError(f"out_dir: {out_dir} holds a run with different settings (fingerprint "
                          f"{state['fingerprint']}, this run {fingerprint}); use another folder")

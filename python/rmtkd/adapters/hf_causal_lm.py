@@ -83,9 +83,9 @@ class HFCausalLM(HFModelAdapter):
             raise ValueError("batches: no position predicts a real token; the evaluation text is empty")
         return math.exp(total / count)
 
-    def token_chunks(self, texts: Sequence[str], seq_len: int) -> Tensor:
+    def token_chunks(self, texts: Sequence[str], seq_len: int, source: str = "the text") -> Tensor:
         """The texts tokenised, joined with the end-of-text token between them, cut into (n, seq_len) rows;
-        the tail shorter than a row is dropped."""
+        the tail shorter than a row is dropped. ``source`` names the texts in errors."""
         if self.tokenizer.eos_token_id is None:
             raise ValueError("model: the tokenizer has no end-of-text token to separate documents with")
         ids: list[int] = []
@@ -94,7 +94,7 @@ class HFCausalLM(HFModelAdapter):
             ids.append(self.tokenizer.eos_token_id)
         rows = len(ids) // seq_len
         if rows == 0:
-            raise ValueError(f"data: the text holds {len(ids)} tokens, fewer than one sequence of {seq_len}")
+            raise ValueError(f"data: {source} holds {len(ids)} tokens, fewer than one sequence of {seq_len}")
         return torch.tensor(ids[: rows * seq_len]).view(rows, seq_len)
 
     @staticmethod

@@ -31,7 +31,11 @@ def load_model(path: str | Path) -> LoadedModel:
     path = Path(path)
     if (path / META_FILE).is_file():
         meta = read_meta(path)
-        adapter = get_adapter(meta["architecture"].get("adapter")).for_saved_model(path)
+        name = meta["architecture"].get("adapter")
+        if name is None:
+            raise ValueError(f"model: {path / META_FILE} names no adapter (its architecture has no 'adapter'); "
+                             "load it with rmtkd.persistence.load_compressed and the model's own build function")
+        adapter = get_adapter(name).for_saved_model(path)
         model, meta = load_compressed(path, adapter.build)
         adapter.check_model(model, path)
         return LoadedModel(adapter, model, meta)

