@@ -122,7 +122,7 @@ def test_next_token_losses_and_perplexity():
     uniform = torch.zeros_like(logits)
     assert adapter.distillation_loss(logits, uniform, batch, 0.0, 1.0) > 0
     assert math.isclose(adapter.evaluate(tiny_model("gpt2"), [batch]), adapter.evaluate(model, [batch]))
-    with pytest.raises(ValueError, match="no position predicts a real token"):
+    with pytest.raises(ValueError, match="batches: the evaluation data holds nothing to measure perplexity on"):
         adapter.evaluate(model, [{**batch, "attention_mask": torch.zeros_like(batch["attention_mask"])}])
 
 
@@ -134,7 +134,8 @@ def test_the_loop_compresses_a_decoder_and_the_saved_model_reloads(tmp_path, fam
     config = LoopConfig(selection=SelectionConfig(noise="quantile", tau=0.6), distill=DistillConfig(steps=3, lr=1e-3),
                         granularity="block")
     compressed, report = compress(task, config, tmp_path, log=lambda message: None)
-    assert report["metric"] == {"name": "perplexity", "higher_is_better": False, "percent": False}
+    assert report["metric"] == {"name": "perplexity", "higher_is_better": False, "percent": False,
+                                "exponential": True}
     assert report["final"]["parameters"] < report["original"]["parameters"]
     assert [step["outcome"] for step in report["steps"]] == ["kept"] * 3  # embeddings, layer 0, layer 1
     assert all(step["perplexity_after"] > 0 for step in report["steps"])

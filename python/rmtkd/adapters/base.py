@@ -11,6 +11,7 @@ A batch is a dict of tensors; the adapter decides which keys it reads.
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,20 +35,30 @@ def model_type(folder: str | Path) -> Optional[str]:
 
 @dataclass(frozen=True)
 class Metric:
-    """The evaluation metric: its name (the key reports use), which direction is better, and whether reports
-    show it as a percentage (a fraction in [0, 1])."""
+    """The evaluation metric: its name (the key reports use), which direction is better, whether reports show it
+    as a percentage (a fraction in [0, 1]), and whether it is the exponential of a mean (perplexity) rather than
+    the mean itself. It is computed from two sums over the evaluation data (a total and a count), so that sums
+    from several processes add up to the metric of all the data."""
 
     name: str
     higher_is_better: bool
     percent: bool = False
+    exponential: bool = False
+
+    def value(self, total: float, count: float) -> float:
+        """The metric of ``count`` items whose per-item values add up to ``total``."""
+        if count <= 0:
+            raise ValueError(f"batches: the evaluation data holds nothing to measure {self.name} on")
+        mean = total / count
+        return math.exp(mean) if self.exponential else mean
 
     def worsening(self, before: float, after: float) -> float:
         """How much worse ``after`` is than ``before``, in the metric's units (negative: it improved)."""
         return before - after if self.higher_is_better else after - before
 
 
-ACCURACY = Metric("accuracy", higher_is_better=True, percent=True)
-PERPLEXITY = Metric("perplexity", higher_is_better=False)
+ACCURACY = Metric("accuracy", higher_is_better=True, percent=True)  # correct / examples
+PERPLEXITY = Metric("perplexity", higher_is_better=False, exponential=True)  # exp(negative log-likelihood / tokens)
 
 
 class ModelAdapter(ABC):
@@ -120,8 +131,12 @@ class ModelAdapter(ABC):
         """α·task loss + (1 − α)·T²·KL(p_teacher ‖ p_student) over what the model predicts."""
 
     @abstractmethod
+    def evaluation_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
+        """(total, count) of the metric over ``batches`` (see Metric.value)."""
+
     def evaluate(self, model: nn.Module, batches: Sequence[dict]) -> float:
         """The metric of ``model`` on ``batches``."""
+        return self.metric.value(*self.evaluation_sums(model, batches))
 
 
 def soft_target_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
@@ -152,8 +167,8 @@ class ClassifierAdapter(ModelAdapter):
         return alpha * self.task_loss(student, batch) + (1 - alpha) * soft_target_loss(student, teacher, temperature)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Sequence[dict]) -> float:
-        """Fraction of the batches' examples whose arg-max logit is their label."""
+    def evaluation_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
+        """(examples whose arg-max logit is their label, examples)."""
         model.eval()
         correct = total = 0
         for batch in batches:
@@ -161,7 +176,7 @@ class ClassifierAdapter(ModelAdapter):
             labels = batch[self.label_key].cpu()
             correct += int((predicted == labels).sum())
             total += labels.numel()
-        return correct / total
+        return correct, total
 
 
 _ADAPTERS: dict[str, type[ModelAdapter]] = {}

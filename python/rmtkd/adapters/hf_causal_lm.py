@@ -12,7 +12,6 @@ Batches hold ``input_ids`` and ``attention_mask`` (batch, seq); every position p
 """
 from __future__ import annotations
 
-import math
 import random
 import re
 from typing import Optional, Sequence
@@ -70,8 +69,9 @@ class HFCausalLM(HFModelAdapter):
         return alpha * self.task_loss(student, batch) + (1 - alpha) * soft
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Sequence[dict]) -> float:
-        """Perplexity: exp of the mean next-token negative log-likelihood over every predicted real token."""
+    def evaluation_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
+        """(next-token negative log-likelihood summed over every predicted real token, those tokens); the
+        perplexity is exp of their ratio."""
         model.eval()
         total, count = 0.0, 0
         for batch in batches:
@@ -79,9 +79,7 @@ class HFCausalLM(HFModelAdapter):
             targets, mask = self._targets(output, batch)
             total += float(F.cross_entropy(output[:, :-1][mask].float(), targets[mask], reduction="sum"))
             count += int(mask.sum())
-        if count == 0:
-            raise ValueError("batches: no position predicts a real token; the evaluation text is empty")
-        return math.exp(total / count)
+        return total, count
 
     def token_chunks(self, texts: Sequence[str], seq_len: int, source: str = "the text") -> Tensor:
         """The texts tokenised, joined with the end-of-text token between them, cut into (n, seq_len) rows;
