@@ -82,7 +82,7 @@ class CovarianceAccumulator:
         if not self._shifted:
             self._take_shift(rows, row_mask, dtype)
         elif dtype != self._shift_dtype:  # the shift must be exactly what is subtracted: round it anew
-            self._recenter(self.shift.to(dtype).double())
+            self.recenter(self.shift.to(dtype).double())
             self._shift_dtype = dtype
         shifted = rows.to(dtype) - self.shift.to(dtype)
         cov_accumulate(shifted, self.gram, self.colsum, self.nonfinite_rows, row_mask, backend=self.backend)
@@ -96,8 +96,9 @@ class CovarianceAccumulator:
         self.shift.copy_(mean.to(dtype).double())
         self._shifted, self._shift_dtype = True, dtype
 
-    def _recenter(self, shift: Tensor) -> None:
-        """Express the statistics relative to ``shift`` instead of the current one (exact algebra in float64)."""
+    def recenter(self, shift: Tensor) -> None:
+        """Express the statistics relative to ``shift`` (d,) instead of the current one (exact algebra in float64);
+        accumulators must share a shift before their statistics are added."""
         delta = (self.shift - shift.to(self.shift)).double()
         count = self.count_tensor.double()
         gram = torch.outer(delta, self.colsum) + torch.outer(self.colsum, delta) + count * torch.outer(delta, delta)
@@ -113,9 +114,9 @@ class CovarianceAccumulator:
         theirs = CovarianceAccumulator(self.dim, dtype=torch.float64, device=self.device)
         theirs.load_state_dict({k: v.to(self.device) for k, v in other.state_dict().items()})
         if not self._shifted:
-            self._recenter(theirs.shift)
+            self.recenter(theirs.shift)
             self._shifted = other._shifted
-        theirs._recenter(self.shift)
+        theirs.recenter(self.shift)
         self.gram += theirs.gram.to(self.gram.dtype)
         for mine, add in ((self.colsum, theirs.colsum), (self.count_tensor, theirs.count_tensor),
                           (self.nonfinite_rows, theirs.nonfinite_rows)):
@@ -132,11 +133,29 @@ class CovarianceAccumulator:
         self.gram.copy_(torch.triu(self.gram))  # the strict lower triangle is unspecified per rank
         common = self.shift.clone()
         dist.broadcast(common, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
-        self._recenter(common)
+        self.recenter(common)
         for t in (self.gram, self.colsum, self.count_tensor, self.nonfinite_rows):
             dist.all_reduce(t, group=group)
         self._shifted = True
         return self
+
+    def statistics(self) -> Tensor:
+        """Everything that adds up across accumulators of one shift, as one float64 vector (for one all-reduce):
+        the upper triangle of gram, colsum, the count and the NaN/Inf row count."""
+        counts = torch.stack([self.count_tensor, self.nonfinite_rows]).double()
+        return torch.cat([torch.triu(self.gram).double().flatten(), self.colsum, counts])
+
+    def load_statistics(self, flat: Tensor) -> None:
+        """Set the statistics from a vector made by :meth:`statistics` (summed over accumulators of one shift)."""
+        d = self.dim
+        if tuple(flat.shape) != (d * d + d + 2,):
+            raise ValueError(f"flat: expected shape ({d * d + d + 2},), got {tuple(flat.shape)}")
+        flat = flat.to(self.device)
+        self.gram.copy_(flat[: d * d].view(d, d))
+        self.colsum.copy_(flat[d * d: d * d + d])
+        self.count_tensor.copy_(flat[-2].round().long())
+        self.nonfinite_rows.copy_(flat[-1].round().long())
+        self._shifted = self._shifted or bool(self.count_tensor > 0)
 
     def reset(self) -> None:
         for t in (self.gram, self.colsum, self.shift, self.count_tensor, self.nonfinite_rows):

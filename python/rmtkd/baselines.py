@@ -9,20 +9,23 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
 
 from rmtkd.calibration import calibrate
+from rmtkd.distributed import SINGLE, Workers
 from rmtkd.loop import Task, find_task_sites
 from rmtkd.metrics import count_parameters
 from rmtkd.surgery import rewrite_site
 
 
 def compress_at_ranks(task: Task, ranks: dict[str, int], basis: str,
-                      progress: Callable[[Iterable, int, str], Iterable] = lambda it, total, desc: it) -> nn.Module:
-    """A copy of task.model with each named site projected to its rank, bases from "weights" or "activations"."""
+                      progress: Callable[[Iterable, int, str], Iterable] = lambda it, total, desc: it,
+                      workers: Workers = SINGLE) -> nn.Module:
+    """A copy of task.model with each named site projected to its rank, bases from "weights" or "activations"
+    (calibrated on every rank's shard; rank 0's basis is used everywhere)."""
     if basis not in ("weights", "activations"):
         raise ValueError(f"basis: expected 'weights' or 'activations', got {basis!r}")
     model = copy.deepcopy(task.model)
@@ -34,13 +37,16 @@ def compress_at_ranks(task: Task, ranks: dict[str, int], basis: str,
         rewritten.update(site.names)
         k = ranks[site.name]
         if basis == "weights":
-            rewrite_site(model, site, site.weight_basis(model, k), torch.zeros(site.dim, dtype=torch.float64))
-            continue
-        calibrate(model, task.calibration_batches, task.adapter.forward, [site], mask_key=task.adapter.mask_key,
-                  progress=lambda it: progress(it, len(task.calibration_batches), f"calibrating {site.name}"))
-        vectors = torch.linalg.eigh(site.accumulator.covariance())[1]
-        rewrite_site(model, site, vectors[:, -k:].flip(1).float(), site.accumulator.mean())
-        site.accumulator = None
+            vectors, mean = site.weight_basis(model, k), torch.zeros(site.dim, dtype=torch.float64)
+        else:
+            calibrate(model, task.calibration_batches, task.adapter.forward, [site], mask_key=task.adapter.mask_key,
+                      progress=lambda it: progress(it, len(task.calibration_batches), f"calibrating {site.name}"))
+            workers.reduce_statistics([site])
+            vectors = torch.linalg.eigh(site.accumulator.covariance())[1][:, -k:].flip(1).float()
+            mean = site.accumulator.mean()
+            site.accumulator = None
+        vectors, mean = workers.broadcast((vectors.cpu(), mean.cpu()))
+        rewrite_site(model, site, vectors, mean)
     return model.eval()
 
 
@@ -78,18 +84,23 @@ def rmtkd_ranks(report: dict[str, Any]) -> dict[str, int]:
 
 
 def run_baselines(task: Task, report: dict[str, Any],
-                  progress: Callable[[Iterable, int, str], Iterable] = lambda it, total, desc: it) -> list[dict]:
-    """Rows {method, parameters, <metric>} for the three baselines at RMT-KD's size."""
+                  progress: Callable[[Iterable, int, str], Iterable] = lambda it, total, desc: it,
+                  group: Optional[Any] = None) -> list[dict]:
+    """Rows {method, parameters, <metric>} for the three baselines at RMT-KD's size (over every rank's shard with
+    ``group``, as in rmtkd.loop.compress)."""
+    workers = Workers(group)
     ranks = rmtkd_ranks(report)
     candidates = {
-        "weight_svd (same ranks, no data)": lambda: compress_at_ranks(task, ranks, "weights"),
-        "activation_pca (same ranks, no distillation)": lambda: compress_at_ranks(task, ranks, "activations", progress),
+        "weight_svd (same ranks, no data)": lambda: compress_at_ranks(task, ranks, "weights", workers=workers),
+        "activation_pca (same ranks, no distillation)": lambda: compress_at_ranks(
+            task, ranks, "activations", progress, workers),
         "fixed_fraction_pca (matched parameters, no distillation)": lambda: compress_at_ranks(
-            task, fixed_fraction_ranks(task, report["final"]["parameters"]), "activations", progress),
+            task, fixed_fraction_ranks(task, report["final"]["parameters"]), "activations", progress, workers),
     }
     rows = []
+    metric = task.adapter.metric
     for method, make in candidates.items():
         model = make()
-        rows.append({"method": method, "parameters": count_parameters(model),
-                     task.adapter.metric.name: task.adapter.evaluate(model, task.eval_batches)})
+        total, count = workers.sum(task.adapter.evaluation_sums(model, task.eval_batches))
+        rows.append({"method": method, "parameters": count_parameters(model), metric.name: metric.value(total, count)})
     return rows

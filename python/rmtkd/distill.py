@@ -14,8 +14,10 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from rmtkd.adapters.base import ModelAdapter
+from rmtkd.distributed import SINGLE, Workers
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,14 @@ def distill(
     config: DistillConfig,
     *,
     progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
+    workers: Workers = SINGLE,
 ) -> dict[str, Any]:
     """Run ``config.steps`` AdamW steps on batches (cycled if shorter); returns first/last/mean loss.
 
-    Raises NonFiniteLoss (after the last step, to avoid a host sync per step) if any loss was NaN/Inf.
+    Across processes (``workers``) the student runs under DistributedDataParallel: each rank steps on its own
+    batches and the gradients are averaged, so N ranks with batches of B examples take the steps one process
+    takes with batches of N·B. Raises NonFiniteLoss on every rank (after the last step, to avoid a host sync per
+    step) if any rank's loss was NaN/Inf.
     """
     if config.steps == 0:
         return {"steps": 0, "loss_first": None, "loss_last": None, "loss_mean": None}
@@ -62,12 +68,14 @@ def distill(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     teacher.eval()
     student.train()
+    trained = student if not workers.distributed else DistributedDataParallel(
+        student, process_group=workers.group, find_unused_parameters=True)
     losses: list[Tensor] = []  # kept on the device: one host sync at the end, not one per step
     for batch in progress(itertools.islice(itertools.cycle(batches), config.steps), config.steps):
         with autocast:
             with torch.no_grad():
                 target = adapter.forward(teacher, batch)
-            loss = adapter.distillation_loss(adapter.forward(student, batch), target, batch, config.alpha,
+            loss = adapter.distillation_loss(adapter.forward(trained, batch), target, batch, config.alpha,
                                              config.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -75,11 +83,17 @@ def distill(
         optimizer.step()
         schedule.step()
         losses.append(loss.detach())
+    del trained
     student.eval()
     values = torch.stack(losses).tolist()
     bad = [step for step, value in enumerate(values) if not math.isfinite(value)]
-    if bad:  # the caller keeps the pre-step model, so the steps taken after the first bad one do no harm
-        raise NonFiniteLoss(f"distillation loss is {values[bad[0]]} at step {bad[0]}")
+    first_bad = workers.gather(bad[0] if bad else None)
+    failed = [(rank, step) for rank, step in enumerate(first_bad) if step is not None]
+    if failed:  # the caller keeps the pre-step model, so the steps taken after the first bad one do no harm
+        rank, step = failed[0]
+        where = f" on rank {rank}" if workers.distributed else ""
+        raise NonFiniteLoss(f"distillation loss is not finite at step {step}{where}")
+    values = [total / workers.world_size for total in workers.sum(values)]  # the global batch's mean loss
     return {"steps": len(values), "loss_first": values[0], "loss_last": values[-1],
             "loss_mean": sum(values) / len(values)}
 

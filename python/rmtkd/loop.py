@@ -24,11 +24,12 @@ from rmtkd.adapters.base import ModelAdapter
 from rmtkd.atomic import write_text_atomically
 from rmtkd.calibration import SelectionConfig, calibrate, discover_sites, select_site
 from rmtkd.distill import DistillConfig, NonFiniteLoss, distill
+from rmtkd.distributed import Workers
 from rmtkd.metrics import count_parameters, forward_flops
 from rmtkd.persistence import load_compressed, read_meta, save_compressed
 from rmtkd.sites import Site
 from rmtkd.spectral import SubspaceSelection
-from rmtkd.surgery import Rewrite, rewrite_site
+from rmtkd.surgery import Rewrite, apply_structure, rewrite_site
 
 CHECKPOINT = "checkpoint"
 LOOP_STATE_KEYS = {"fingerprint", "next_step", "rewrites", "steps", "original"}  # what a checkpoint's state holds
@@ -99,17 +100,52 @@ def _resume(out_dir: Path, task: Task, fingerprint: str) -> Optional[tuple[nn.Mo
     return model.to(device), state
 
 
+def _resumed(out_dir: Path, task: Task, fingerprint: str,
+             workers: Workers) -> Optional[tuple[nn.Module, dict[str, Any]]]:
+    """The checkpoint, read by rank 0 and sent to every rank (so only rank 0 needs the output folder)."""
+    resumed = workers.together(lambda: _resume(out_dir, task, fingerprint) if workers.is_main else None)
+    state = workers.broadcast(resumed[1] if resumed is not None else None)
+    if state is None:
+        return None
+    ranks = state.get("world_size", 1)
+    if ranks != workers.world_size:
+        raise ValueError(f"out_dir: {out_dir / CHECKPOINT} was made by {ranks} process(es) and this run has "
+                         f"{workers.world_size}; resume with {ranks} (each process's data shard depends on it), or "
+                         "use another folder")
+    if workers.is_main:
+        return resumed[0], state
+    model = copy.deepcopy(task.model)
+    for data in state["rewrites"]:
+        apply_structure(model, Rewrite.from_dict(data))
+    return workers.broadcast_module(model), state
+
+
+def _check_shards(task: Task) -> None:
+    """Every process needs data of its own to calibrate and evaluate on."""
+    for name in ("calibration_batches", "eval_batches"):
+        if len(getattr(task, name)) == 0:
+            raise ValueError(f"task.{name}: this process's share of the data is empty; give every process some")
+
+
 def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
              progress: Callable[[Iterable, int, str], Iterable] = lambda it, total, desc: it,
-             log: Callable[[str], None] = print) -> tuple[nn.Module, dict[str, Any]]:
+             log: Callable[[str], None] = print, group: Optional[Any] = None) -> tuple[nn.Module, dict[str, Any]]:
     """Run (or resume) RMT-KD on ``task``: (compressed model, report); the report also goes to out_dir.
 
-    ``task.model`` is left as it was: the loop works on a copy.
+    ``task.model`` is left as it was: the loop works on a copy. With ``group`` (an initialised torch.distributed
+    process group) every rank calls this with its own shard of the data in ``task``: the calibration statistics
+    and the evaluation sums are summed over the ranks, distillation runs under DistributedDataParallel, rank 0
+    decides and is the only one that logs and writes; every rank returns the same model and report.
     """
+    workers = Workers(group)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    say = log if workers.is_main else (lambda message: None)
     fingerprint = config.fingerprint()
-    resumed = _resume(out_dir, task, fingerprint)
+    workers.agree(fingerprint, "settings (the loop's fingerprint)")
+    workers.together(lambda: _check_shards(task))
+    if workers.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    resumed = _resumed(out_dir, task, fingerprint, workers)
     original = task.model
     original_params = count_parameters(original)
     metric = task.adapter.metric.name
@@ -118,35 +154,41 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
         model = copy.deepcopy(original)
         state: dict[str, Any] = {
             "fingerprint": fingerprint, "next_step": 0, "rewrites": [], "steps": [],
-            "original": {"parameters": original_params, metric: _evaluate(model, task), "flops": _flops(model, task)},
+            "world_size": workers.world_size,
+            "original": workers.broadcast({"parameters": original_params, metric: _evaluate(model, task, workers),
+                                           "flops": _flops(model, task)}),  # rank 0's FLOPs (its first batch)
         }
-        log(f"original: {original_params:,} parameters, {metric} {state['original'][metric]:.4f}")
+        say(f"original: {original_params:,} parameters, {metric} {state['original'][metric]:.4f}")
     else:
         model, state = resumed
-        log(f"resuming after step {state['next_step']} of {len(groups)} from {out_dir / CHECKPOINT}")
+        say(f"resuming after step {state['next_step']} of {len(groups)} from {out_dir / CHECKPOINT}")
     target = None if config.target_reduction is None else original_params * (1 - config.target_reduction)
     for index in range(state["next_step"], len(groups)):
         if target is not None and count_parameters(model) <= target:
             state["stopped"] = f"parameter target reached ({count_parameters(model):,} <= {target:,.0f})"
             break
         torch.manual_seed(config.seed * 100_003 + index)
-        model, record = _run_step(model, groups[index], task, config, state, progress, out_dir)
-        state["steps"].append(record)
+        model, record = _run_step(model, groups[index], task, config, state, progress, out_dir, workers)
+        state["steps"].append(workers.broadcast(record))  # rank 0's timings and FLOPs in every rank's report
         state["next_step"] = index + 1
-        _save(out_dir / CHECKPOINT, model, task, state, extra={"loop": state})
-        log(f"step {index + 1}/{len(groups)} {record['sites'][0]['site']}{'…' if len(record['sites']) > 1 else ''}: "
+        if workers.is_main:
+            _save(out_dir / CHECKPOINT, model, task, state, extra={"loop": state})
+        workers.barrier()
+        say(f"step {index + 1}/{len(groups)} {record['sites'][0]['site']}{'…' if len(record['sites']) > 1 else ''}: "
             f"{record['outcome']}, parameters {record['parameters_after']:,}, {metric} "
             f"{record.get(f'{metric}_after', float('nan')):.4f}")
     else:
         state.setdefault("stopped", "every site tried")
-    report = _final_report(model, task, state)
-    write_text_atomically(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    _save(out_dir / "model", model, task, state, extra={"report": {k: report[k] for k in ("original", "final")}})
+    report = workers.broadcast(_final_report(model, task, state, workers))
+    if workers.is_main:
+        write_text_atomically(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        _save(out_dir / "model", model, task, state, extra={"report": {k: report[k] for k in ("original", "final")}})
+    workers.barrier()
     return model, report
 
 
 def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfig, state: dict[str, Any],
-              progress, out_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
+              progress, out_dir: Path, workers: Workers) -> tuple[nn.Module, dict[str, Any]]:
     """One step on ``group``; returns the model to continue with (the student, or the teacher on rollback)."""
     started = time.perf_counter()
     params_before = count_parameters(model)
@@ -156,12 +198,17 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
     current = {name for r in state["rewrites"] for name in r["names"]}
     group = [s for s in group if not set(s.names) & current]
     adapter = task.adapter
-    calibration = calibrate(model, task.calibration_batches, adapter.forward, group, mask_key=adapter.mask_key,
-                            estimate_design_effect=config.selection.n_eff == "design-effect",
-                            progress=lambda it: progress(it, len(task.calibration_batches), "calibrating"))
+    calibration = workers.together(lambda: calibrate(
+        model, task.calibration_batches, adapter.forward, group, mask_key=adapter.mask_key,
+        estimate_design_effect=config.selection.n_eff == "design-effect",
+        progress=lambda it: progress(it, len(task.calibration_batches), "calibrating")))
+    workers.reduce_statistics(group)
+    sequences = int(workers.sum([calibration.sequences])[0])
+    plots = out_dir if workers.is_main else None
+    selections = workers.broadcast(workers.together(
+        lambda: [select_site(model, site, config.selection, sequences, plots) for site in group]))
     decisions, candidates = [], []
-    for site in group:
-        selection, decision = select_site(model, site, config.selection, calibration.sequences, out_dir)
+    for site, (selection, decision) in zip(group, selections):
         if selection.k == 0:
             decision["action"] = "skipped: k = 0 (projecting onto nothing would cut the layer off its input)"
         elif decision["parameters_after"] >= decision["parameters_before"]:
@@ -181,13 +228,14 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
                       seconds=time.perf_counter() - started)
         return model, record
     metric = adapter.metric
-    projected = _evaluate(model, task)
+    projected = _evaluate(model, task, workers)
     try:
         record["distillation"] = distill(model, teacher, task.train_batches(state["next_step"]), adapter,
-                                         config.distill, progress=lambda it, total: progress(it, total, "distilling"))
+                                         config.distill, progress=lambda it, total: progress(it, total, "distilling"),
+                                         workers=workers)
     except NonFiniteLoss as error:
         return _rolled_back(record, teacher, f"rolled back: {error}", started, params_before)
-    after = _evaluate(model, task)
+    after = _evaluate(model, task, workers)
     record.update({f"{metric.name}_projected": projected, f"{metric.name}_after": after,
                    "parameters_after": count_parameters(model), "flops_after": _flops(model, task)})
     worse = metric.worsening(state["original"][metric.name], after)
@@ -223,8 +271,10 @@ def _one_rewrite_per_module(candidates: list[Candidate]) -> list[Candidate]:
     return [candidate for candidate in candidates if id(candidate) in kept_ids]
 
 
-def _evaluate(model: nn.Module, task: Task) -> float:
-    return task.adapter.evaluate(model, task.eval_batches)
+def _evaluate(model: nn.Module, task: Task, workers: Workers) -> float:
+    """The metric over every rank's evaluation shard."""
+    total, count = workers.sum(task.adapter.evaluation_sums(model, task.eval_batches))
+    return task.adapter.metric.value(total, count)
 
 
 def _flops(model: nn.Module, task: Task) -> int:
@@ -245,10 +295,10 @@ def _rolled_back(record: dict[str, Any], teacher: nn.Module, outcome: str, start
     return teacher_to_model(teacher), record
 
 
-def _final_report(model: nn.Module, task: Task, state: dict[str, Any]) -> dict[str, Any]:
+def _final_report(model: nn.Module, task: Task, state: dict[str, Any], workers: Workers) -> dict[str, Any]:
     params = count_parameters(model)
     original, metric = state["original"], task.adapter.metric
-    final = {"parameters": params, metric.name: _evaluate(model, task), "flops": _flops(model, task)}
+    final = {"parameters": params, metric.name: _evaluate(model, task, workers), "flops": _flops(model, task)}
     return {
         "metric": asdict(metric),
         "original": original, "final": final,

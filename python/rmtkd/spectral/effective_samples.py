@@ -59,6 +59,17 @@ class DesignEffectEstimator:
         self.tokens += int(sizes.sum())
         self.groups += int((sizes > 0).sum())
 
+    def statistics(self) -> Tensor:
+        """Everything that adds up across estimators of the same probes, as one float64 vector."""
+        counts = torch.tensor([self._group_sizes_sq, self.tokens, self.groups], dtype=torch.float64)
+        return torch.cat([self._sums.flatten().cpu(), counts])
+
+    def load_statistics(self, flat: Tensor) -> None:
+        """Set the statistics from a vector made by :meth:`statistics` (summed over estimators)."""
+        self._sums.copy_(flat[:-3].view_as(self._sums))
+        self._group_sizes_sq, tokens, groups = flat[-3:].tolist()
+        self.tokens, self.groups = int(round(tokens)), int(round(groups))
+
     def design_effect(self) -> float:
         """deff >= 1, averaged over the probes."""
         if self.groups < 2 or self.tokens < 3:

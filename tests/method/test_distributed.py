@@ -1,0 +1,148 @@
+"""Data-parallel RMT-KD with 2 gloo processes on the CPU against one process on the same data."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from rmtkd.calibration import SelectionConfig, calibrate, select_site
+from rmtkd.distill import DistillConfig
+from rmtkd.distributed import Workers
+from rmtkd.loop import LoopConfig, Task, compress, find_task_sites
+from tests.method.test_loop import make_batches, trained_task
+
+WORLD = 2
+CONFIG = LoopConfig(selection=SelectionConfig(noise="quantile", tau=0.5), distill=DistillConfig(steps=1, lr=1e-3),
+                    granularity="block")
+ONE_STEP = LoopConfig(selection=CONFIG.selection, distill=DistillConfig(steps=3, lr=1e-3), target_reduction=0.01)
+CALIBRATION, EVALUATION, TRAINING = make_batches(8, 2), make_batches(4, 3), make_batches(8, 100)
+
+
+def merged(batches: list[dict]) -> list[dict]:
+    """Pairs of batches joined: what one process sees where two see one batch each."""
+    return [{key: torch.cat([a[key], b[key]]) for key in a} for a, b in zip(batches[::2], batches[1::2])]
+
+
+def task_for(workers: Workers, dtype: torch.dtype = torch.float32) -> Task:
+    """The loop's test task with this rank's shard of every data set (one process: all of it, with each
+    distillation batch as large as the ranks' batches together)."""
+    task = trained_task()
+    task.model.to(dtype)
+    if not workers.distributed:
+        return Task(adapter=task.adapter, model=task.model, train_batches=lambda step: merged(TRAINING),
+                    calibration_batches=CALIBRATION, eval_batches=EVALUATION)
+    return Task(adapter=task.adapter, model=task.model, train_batches=lambda step: workers.shard(TRAINING),
+                calibration_batches=workers.shard(CALIBRATION), eval_batches=workers.shard(EVALUATION))
+
+
+def selections(task: Task, workers: Workers) -> list[tuple[int, torch.Tensor]]:
+    """(k, basis) of every site after calibration on this rank's shard and the statistics' reduction."""
+    sites = find_task_sites(task.model, task)
+    calibration = calibrate(task.model, task.calibration_batches, task.adapter.forward, sites)
+    workers.reduce_statistics(sites)
+    sequences = int(workers.sum([calibration.sequences])[0])
+    chosen = [select_site(task.model, site, CONFIG.selection, sequences)[0] for site in sites]
+    return [(selection.k, selection.basis) for selection in chosen]
+
+
+def run(rank: int, scenario: str, folder: str) -> None:
+    import torch.distributed as dist
+
+    folder = Path(folder)
+    dist.init_process_group("gloo", init_method=f"file://{folder / 'init'}", rank=rank, world_size=WORLD)
+    workers = Workers(dist.group.WORLD)
+    result: object
+    try:
+        task = task_for(workers, torch.float64 if scenario.endswith("float64") else torch.float32)
+        if scenario.startswith("selections"):
+            result = selections(task, workers)
+        elif scenario.startswith("compress"):
+            config = ONE_STEP if scenario == "compress-one-step-float64" else CONFIG
+            model, report = compress(task, config, folder / f"out-{rank}", log=lambda m: None, group=dist.group.WORLD)
+            outputs = [task.adapter.forward(model, batch) for batch in EVALUATION]
+            result = (outputs, report, sorted(p.name for p in (folder / f"out-{rank}").glob("*")))
+        else:  # bad input on rank 1 only
+            if scenario == "empty-shard" and rank == 1:
+                task.calibration_batches = []
+            config = CONFIG
+            if scenario == "other-tau" and rank == 1:
+                config = LoopConfig(selection=SelectionConfig(noise="quantile", tau=0.6), distill=CONFIG.distill)
+            if scenario == "nan" and rank == 1:
+                with torch.no_grad():
+                    task.model.embed.weight[5] = float("nan")
+                for batch in task.calibration_batches:
+                    batch["ids"][:, 0] = 5
+            try:
+                compress(task, config, folder / f"bad-{rank}", log=lambda m: None, group=dist.group.WORLD)
+                result = "no error"
+            except ValueError as error:
+                result = str(error)
+    finally:
+        dist.barrier()  # no rank closes its connections while another still reads from them
+        dist.destroy_process_group()
+    (folder / f"rank-{rank}.pkl").write_bytes(pickle.dumps(result))
+    # Leave without the interpreter's teardown: a C++ thread of the finished process group, destroyed during it,
+    # now and then aborts the process ("terminate called without an active exception") after its work is done.
+    os._exit(0)
+
+
+def spawn(scenario: str, folder: Path) -> list:
+    mp.spawn(run, args=(scenario, str(folder)), nprocs=WORLD, join=True)
+    return [pickle.loads((folder / f"rank-{rank}.pkl").read_bytes()) for rank in range(WORLD)]
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
+def test_ranks_and_bases_equal_one_process(tmp_path, dtype, tolerance):
+    """Same ranks; bases equal up to sign. With float64 activations to 1e-8; with fp32 activations to the
+    precision the statistics have (fp32 products: a shard's products are rounded apart from the others', ~1e-7
+    relative, and eigenvectors carry that, divided by their eigenvalue gaps)."""
+    alone = selections(task_for(Workers(), dtype), Workers())
+    for ranked in spawn("selections-float64" if dtype == torch.float64 else "selections", tmp_path):
+        assert [k for k, _ in ranked] == [k for k, _ in alone]
+        for (_, basis), (_, expected) in zip(ranked, alone):
+            signs = torch.sign((basis * expected).sum(0))  # eigenvectors are defined up to sign
+            assert (basis * signs - expected).abs().max() < tolerance
+
+
+def test_compress_over_two_processes_writes_once_and_agrees(tmp_path):
+    """A whole run: every rank returns the same model and report, only rank 0 writes, and the ranks chosen
+    and the metric (summed over the shards) are those of one process on all the data."""
+    _, report_alone = compress(task_for(Workers()), CONFIG, tmp_path / "alone", log=lambda m: None)
+    (outputs_0, report_0, files_0), (outputs_1, report_1, files_1) = spawn("compress", tmp_path)
+    assert report_0 == report_1 and files_1 == [] and {"report.json", "model", "checkpoint"} <= set(files_0)
+    assert all(torch.equal(a, b) for a, b in zip(outputs_0, outputs_1))
+    assert [s["k"] for step in report_0["steps"] for s in step["sites"]] == [
+        s["k"] for step in report_alone["steps"] for s in step["sites"]]
+    assert report_0["original"]["accuracy"] == report_alone["original"]["accuracy"]
+
+
+def test_one_distilled_step_matches_one_process_with_the_same_global_batch(tmp_path):
+    """Two ranks with batches of 16 against one process with batches of 32: after the first step (projection +
+    3 distillation steps) the two models compute the same outputs to 1e-9, in float64. In float64 the statistics
+    of two shards add up to one process's to rounding; DDP averages the same gradients in another order. (Over
+    many steps the runs drift apart: where eigenvalues nearly coincide, rounding rotates the basis within the
+    kept subspace, which leaves the model's function unchanged but not AdamW's per-weight steps.)"""
+    alone = task_for(Workers(), torch.float64)
+    model_alone, report_alone = compress(alone, ONE_STEP, tmp_path / "alone", log=lambda m: None)
+    (outputs_0, report_0, _), _ = spawn("compress-one-step-float64", tmp_path)
+    assert len(report_0["steps"]) == len(report_alone["steps"]) == 1
+    assert report_0["rewrites"] == report_alone["rewrites"]
+    for output, batch in zip(outputs_0, EVALUATION):
+        torch.testing.assert_close(output, alone.adapter.forward(model_alone, batch), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("scenario,message", [
+    ("empty-shard", "rank 1: task.calibration_batches: this process's share of the data is empty"),
+    ("other-tau", r"settings \(the loop's fingerprint\) differ across ranks"),
+    ("nan", r"site embed: CovarianceAccumulator: \d+ of the \d+ rows passed to update\(\) held NaN or Inf"),
+])
+def test_bad_input_on_one_rank_stops_every_rank_with_one_error(tmp_path, scenario, message):
+    import re
+
+    results = spawn(scenario, tmp_path)
+    assert results[0] == results[1] and re.search(message, results[0]), results
+    assert not any(p.name.startswith("bad-1") for p in tmp_path.iterdir())
