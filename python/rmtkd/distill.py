@@ -69,7 +69,7 @@ def distill(
     teacher.eval()
     student.train()
     trained = student if not workers.distributed else DistributedDataParallel(
-        student, process_group=workers.group, find_unused_parameters=True)
+        student, process_group=workers.group)
     losses: list[Tensor] = []  # kept on the device: one host sync at the end, not one per step
     for batch in progress(itertools.islice(itertools.cycle(batches), config.steps), config.steps):
         with autocast:

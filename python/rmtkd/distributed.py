@@ -116,7 +116,7 @@ class Workers:
     def reduce_statistics(self, sites: Sequence[Site]) -> None:
         """Sum the sites' calibration statistics over the ranks, in place: one broadcast of the shifts (every
         rank re-expresses its statistics relative to rank 0's) and one all-reduce of everything else."""
-        if not self.distributed:
+        if not self.distributed or not sites:  # every rank has the same sites
             return
         shifts = self.broadcast([site.accumulator.shift.cpu() for site in sites])
         parts = []

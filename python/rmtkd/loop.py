@@ -113,10 +113,11 @@ def _resumed(out_dir: Path, task: Task, fingerprint: str,
                          f"{workers.world_size}; resume with {ranks} (each process's data shard depends on it), or "
                          "use another folder")
     if workers.is_main:
-        return resumed[0], state
-    model = copy.deepcopy(task.model)
-    for data in state["rewrites"]:
-        apply_structure(model, Rewrite.from_dict(data))
+        model = resumed[0]
+    else:
+        model = copy.deepcopy(task.model)
+        for data in state["rewrites"]:
+            apply_structure(model, Rewrite.from_dict(data))
     return workers.broadcast_module(model), state
 
 
@@ -174,7 +175,7 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
         if workers.is_main:
             _save(out_dir / CHECKPOINT, model, task, state, extra={"loop": state})
         workers.barrier()
-        say(f"step {index + 1}/{len(groups)} {record['sites'][0]['site']}{'…' if len(record['sites']) > 1 else ''}: "
+        say(f"step {index + 1}/{len(groups)} {groups[index][0].name}{'…' if len(groups[index]) > 1 else ''}: "
             f"{record['outcome']}, parameters {record['parameters_after']:,}, {metric} "
             f"{record.get(f'{metric}_after', float('nan')):.4f}")
     else:

@@ -15,6 +15,7 @@ With --json the result goes to stdout as JSON and everything else to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -26,13 +27,15 @@ import torch
 
 from rmtkd.adapters.hf_text import default_model_path
 from rmtkd.app.report import TRADEOFF_PLOT, summary_table, write_report
-from rmtkd.app.run_folder import RUN_FILE, claimed_output_folder
+from rmtkd.app.launch import launched_processes
+from rmtkd.app.run_folder import RUN_FILE, claimed_output_folder, vars_for_run
 from rmtkd.app.spectrum import write_spectra
 from rmtkd.app.tasks import TASKS, Settings
 from rmtkd.app.tasks.text import model_slug
 from rmtkd.baselines import run_baselines
 from rmtkd.calibration import N_EFF_RULES, PLOTS, SelectionConfig
 from rmtkd.distill import DistillConfig
+from rmtkd.distributed import Workers
 from rmtkd.loop import CHECKPOINT, LoopConfig, compress
 from rmtkd.metrics import count_parameters, forward_flops, latency_ms
 from rmtkd.atomic import write_text_atomically
@@ -48,6 +51,11 @@ def _progress(iterable, total: int, desc: str):
 def _logger(args: argparse.Namespace) -> Callable[[str], None]:
     stream = sys.stderr if args.json else sys.stdout
     return lambda message: print(message, file=stream, flush=True)
+
+
+def one_process(workers: Workers, command: str) -> None:
+    if workers.distributed:
+        raise ValueError(f"{command}: runs in one process; start it without torchrun (only compress is data-parallel)")
 
 
 def default_out(args: argparse.Namespace) -> Path:
@@ -69,24 +77,34 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
     )
 
 
-def compress_command(args: argparse.Namespace) -> int:
+def compress_command(args: argparse.Namespace, workers: Workers) -> int:
     out = Path(args.out) if args.out else default_out(args)
-    log = _logger(args)
+    log = _logger(args) if workers.is_main else (lambda message: None)
+    progress = _progress if workers.is_main else (lambda iterable, total, desc: iterable)
     config = loop_config(args)  # checked before anything is written
-    with claimed_output_folder(out, args, log):
+    workers.agree(json.dumps(vars_for_run(args), sort_keys=True, default=str), "the command's settings")
+    with contextlib.ExitStack() as stack:
+        workers.together(lambda: stack.enter_context(claimed_output_folder(out, args, log)) if workers.is_main
+                         else None)
         torch.manual_seed(args.seed)
-        prepared = TASKS[args.task].prepare(Settings.from_args(args), out, log, _progress)
-        compressed, report = compress(prepared.task, config, out, progress=_progress, log=log)
-        report["data"] = prepared.data_name
-        report["settings"] = json.loads((out / RUN_FILE).read_text())
-        report["latency_ms"] = {"batch": 1, "device": str(args.device),
-                                "seq_len": args.latency_seq_len if args.task != "images" else None,
-                                "original": latency_ms(prepared.task.model, prepared.latency_probe),
-                                "compressed": latency_ms(compressed, prepared.latency_probe)}
+        prepared = TASKS[args.task].prepare(Settings.from_args(args), out, log, progress, workers)
+        compressed, report = compress(prepared.task, config, out, progress=progress, log=log, group=workers.group)
         if args.baselines:
-            report["baselines"] = run_baselines(prepared.task, report, progress=_progress)
-        title = f"RMT-KD: {args.arch if args.task == 'images' else model_slug(args.model)} on {prepared.data_name}"
-        write_report(report, out, title)
+            report["baselines"] = run_baselines(prepared.task, report, progress=progress, group=workers.group)
+        if workers.is_main:
+            report["data"] = prepared.data_name
+            report["settings"] = json.loads((out / RUN_FILE).read_text())
+            report["processes"] = workers.world_size
+            report["latency_ms"] = {"batch": 1, "device": str(args.device),
+                                    "seq_len": args.latency_seq_len if args.task != "images" else None,
+                                    "original": latency_ms(prepared.task.model, prepared.latency_probe),
+                                    "compressed": latency_ms(compressed, prepared.latency_probe)}
+            title = (f"RMT-KD: {args.arch if args.task == 'images' else model_slug(args.model)} on "
+                     f"{prepared.data_name}")
+            write_report(report, out, title)
+        workers.barrier()
+    if not workers.is_main:
+        return 0
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -96,8 +114,9 @@ def compress_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def spectrum_command(args: argparse.Namespace) -> int:
+def spectrum_command(args: argparse.Namespace, workers: Workers) -> int:
     """Calibrate the model on (a random subset of) the training data and write every site's spectrum."""
+    one_process(workers, "spectrum")
     out = Path(args.out)
     log = _logger(args)
     selection = selection_config(args)
@@ -120,8 +139,9 @@ def spectrum_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_command(args: argparse.Namespace) -> int:
+def evaluate_command(args: argparse.Namespace, workers: Workers) -> int:
     """The metric on the evaluation data, parameters, forward FLOPs and batch-1 latency of one model folder."""
+    one_process(workers, "evaluate")
     task = TASKS[args.task]
     loaded = task.load(args.model)
     model, adapter = loaded.model.to(args.device).eval(), loaded.adapter
@@ -150,8 +170,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_command(args: argparse.Namespace) -> int:
+def bench_command(args: argparse.Namespace, workers: Workers) -> int:
     """Run benchmarks/run.py of the source checkout with this Python."""
+    one_process(workers, "bench")
     runner = Path(__file__).resolve().parents[3] / "benchmarks" / "run.py"
     if not runner.is_file():
         raise ValueError("bench: the benchmark suite lives in the source checkout's benchmarks/ folder, which this "
@@ -260,8 +281,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if getattr(args, "model", "") is None and args.task == "text":
         args.model = default_model_path()
     try:
-        return args.run(args)
-    except ValueError as error:
+        with launched_processes(args) as workers:
+            try:
+                return args.run(args, workers)
+            except ValueError as error:
+                if workers.is_main:
+                    print(f"rmtkd: error: {error}", file=sys.stderr)
+                return 2
+    except ValueError as error:  # the launch itself
         print(f"rmtkd: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

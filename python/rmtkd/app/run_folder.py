@@ -131,7 +131,8 @@ class Manifest:
         return foreign
 
 
-def _settings(args: argparse.Namespace) -> dict:
+def vars_for_run(args: argparse.Namespace) -> dict:
+    """The settings that make a run what it is (run.json): what a resume must repeat."""
     return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IN_FINGERPRINT}
 
 
@@ -153,7 +154,7 @@ def claimed_output_folder(out: Path, args: argparse.Namespace, log: Callable[[st
             what = foreign[0] if foreign else f"{visible[0]}, but no {MANIFEST_FILE}"
             raise ValueError(f"--out: {out} holds files that are not an rmtkd run ({what}); choose a new folder")
         manifest = manifest or Manifest(out, {})
-        settings = _settings(args)
+        settings = vars_for_run(args)
         previous = _previous_settings(out)
         if any(name != RUN_FILE for name in visible) and previous != settings:
             if not args.overwrite:

@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar, Optional
 from torch import nn
 
 from rmtkd.adapters import LoadedModel, ModelAdapter, load_model
+from rmtkd.distributed import Workers
 from rmtkd.loop import Task
 
 Log = Callable[[str], None]
@@ -91,8 +92,9 @@ class CommandTask(ABC):
         """The output folder of ``rmtkd compress`` when --out is not given."""
 
     @abstractmethod
-    def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress) -> Prepared:
-        """The teacher (trained or loaded) and the data, as the loop needs them."""
+    def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress, workers: Workers) -> Prepared:
+        """The teacher (trained or loaded) and this process's shard of the data, as the loop needs them. The
+        training data for each step holds --distill-steps batches per process."""
 
     @abstractmethod
     def eval_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
@@ -101,6 +103,27 @@ class CommandTask(ABC):
     @abstractmethod
     def calibration_batches(self, settings: Settings, loaded: LoadedModel) -> tuple[list[dict], str]:
         """(batches of a random subset of --calibration-samples training examples, the data's name)."""
+
+
+def teacher_everywhere(workers: Workers, on_main: Callable[[], LoadedModel],
+                       same_structure: Callable[[], LoadedModel]) -> LoadedModel:
+    """The teacher, made (loaded or trained and saved) by rank 0 alone and copied to every other rank, which
+    builds a model of the same structure to receive it; one process: ``on_main()``."""
+    loaded = workers.together(lambda: on_main() if workers.is_main else None)
+    if not workers.is_main:
+        loaded = same_structure()
+    workers.broadcast_module(loaded.model)
+    return loaded
+
+
+def sharded(task: Task, workers: Workers) -> Task:
+    """This process's share of the task's batches (all of them in one process)."""
+    if not workers.distributed:
+        return task
+    return Task(adapter=task.adapter, model=task.model,
+                train_batches=lambda step: workers.shard(task.train_batches(step)),
+                calibration_batches=workers.shard(task.calibration_batches),
+                eval_batches=workers.shard(task.eval_batches))
 
 
 TASKS: dict[str, CommandTask] = {}

@@ -11,7 +11,10 @@ from torch import nn
 
 from rmtkd.adapters import LoadedModel, MobileNetV2Adapter, SmallResNetAdapter
 from rmtkd.adapters.vision import ImageClassifier, MobileNetV2Classifier, SmallResNet, adapter_for
-from rmtkd.app.tasks.base import CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, split_train
+from rmtkd.app.tasks.base import (
+    CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, sharded, split_train, teacher_everywhere,
+)
+from rmtkd.distributed import Workers
 from rmtkd.data import load_fashion_mnist
 from rmtkd.loop import Task
 from rmtkd.persistence import META_FILE
@@ -59,21 +62,29 @@ class ImageClassification(CommandTask):
         log(f"teacher saved to {teacher_dir} ({time.perf_counter() - started:.0f} s)")
         return LoadedModel(adapter, model, None)
 
-    def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress) -> Prepared:
+    def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress, workers: Workers) -> Prepared:
         images, labels = load_fashion_mnist("train")
         test_images, eval_batches = test_set(settings.eval_samples)
         calib, fit = split_train(len(images), settings.calibration_samples or len(images) // 10,
                                  settings.train_samples, settings.seed)
         fit_images, fit_labels = images[fit], labels[fit]
-        loaded = self.teacher(settings, fit_images, fit_labels, out, log, progress)
+        loaded = teacher_everywhere(workers, lambda: self.teacher(settings, fit_images, fit_labels, out, log, progress),
+                                    lambda: self.teacher_structure(settings))
         task = Task(
             adapter=loaded.adapter, model=loaded.model.to(settings.device).eval(),
             train_batches=lambda step: batches(fit_images, fit_labels, 128,
-                                               settings.seed * 7919 + step)[: settings.distill_steps],
+                                               settings.seed * 7919 + step)[: settings.distill_steps
+                                                                            * workers.world_size],
             calibration_batches=batches(images[calib], labels[calib], 256),
             eval_batches=eval_batches,
         )
-        return Prepared(task, "fashion-mnist", latency_probe(test_images))
+        return Prepared(sharded(task, workers), "fashion-mnist", latency_probe(test_images))
+
+    @staticmethod
+    def teacher_structure(settings: Settings) -> LoadedModel:
+        """A model shaped like the teacher rank 0 makes (its values are then copied from rank 0)."""
+        model = MobileNetV2Classifier(num_classes=10) if settings.arch == "mobilenet_v2" else SmallResNet(1, 10)
+        return LoadedModel(adapter_for(model), model, None)
 
     def eval_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
         images, eval_batches = test_set(settings.eval_samples)

@@ -14,7 +14,10 @@ import torch
 from torch import nn
 
 from rmtkd.adapters import HFCausalLM, LoadedModel
-from rmtkd.app.tasks.base import CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, split_train
+from rmtkd.app.tasks.base import (
+    CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, sharded, split_train, teacher_everywhere,
+)
+from rmtkd.distributed import Workers
 from rmtkd.app.tasks.text import dataset_name, text_run_folder, uses_bbc_news
 from rmtkd.data import BBC_NEWS, read_bbc_news, read_text_lines, read_text_table
 from rmtkd.loop import Task
@@ -58,9 +61,9 @@ class LanguageModelling(CommandTask):
         source = settings.eval or "the BBC News evaluation split"
         return adapter.token_chunks(texts, settings.max_len, source)[: settings.eval_samples]
 
-    def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress) -> Prepared:
+    def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress, workers: Workers) -> Prepared:
         name, train_texts, eval_texts = read_corpus(settings)
-        loaded = self._model(settings)
+        loaded = teacher_everywhere(workers, lambda: self._model(settings), lambda: self._model(settings))
         adapter, model = loaded.adapter, loaded.model.to(settings.device).eval()
         chunks = adapter.token_chunks(train_texts, settings.max_len, settings.train or "the BBC News training split")
         calib, fit = split_train(len(chunks), settings.calibration_samples or len(chunks) // 10,
@@ -72,11 +75,11 @@ class LanguageModelling(CommandTask):
             adapter=adapter, model=model,
             train_batches=lambda step: adapter.chunk_batches(fit_chunks, settings.batch_size,
                                                              shuffle_seed=settings.seed * 7919 + step,
-                                                             limit=settings.distill_steps),
+                                                             limit=settings.distill_steps * workers.world_size),
             calibration_batches=adapter.chunk_batches(chunks[calib], settings.batch_size),
             eval_batches=adapter.chunk_batches(self._eval_chunks(adapter, eval_texts, settings), settings.batch_size),
         )
-        return Prepared(task, name, latency_probe(adapter, eval_texts, settings.latency_seq_len))
+        return Prepared(sharded(task, workers), name, latency_probe(adapter, eval_texts, settings.latency_seq_len))
 
     def eval_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
         source = settings.eval  # evaluating reads no training data

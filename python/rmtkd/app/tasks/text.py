@@ -11,7 +11,10 @@ from torch import nn
 
 from rmtkd.adapters import HFSequenceClassifier, LoadedModel
 from rmtkd.adapters.hf_text import default_model_path
-from rmtkd.app.tasks.base import CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, split_train
+from rmtkd.app.tasks.base import (
+    CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, sharded, split_train, teacher_everywhere,
+)
+from rmtkd.distributed import Workers
 from rmtkd.data import BBC_NEWS, read_bbc_news, read_text_table
 from rmtkd.loop import Task
 from rmtkd.training import TrainConfig, train
@@ -113,7 +116,7 @@ class TextClassification(CommandTask):
         log(f"teacher saved to {teacher_dir} ({time.perf_counter() - started:.0f} s)")
         return LoadedModel(adapter, model, None)
 
-    def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress) -> Prepared:
+    def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress, workers: Workers) -> Prepared:
         data = read_text_data(settings)
         classes = sorted(set(data.train_labels))
         if len(classes) < 2:
@@ -125,7 +128,8 @@ class TextClassification(CommandTask):
                              f"(classes: {sorted(set(data.train_labels))[:10]})")
         calib, fit = split_train(len(data.train_texts), settings.calibration_samples or len(data.train_texts) // 10,
                                  settings.train_samples, settings.seed)
-        loaded = self.teacher(settings, data, fit, out, log, progress)
+        loaded = teacher_everywhere(workers, lambda: self.teacher(settings, data, fit, out, log, progress),
+                                    lambda: self.teacher_structure(settings, classes))
         adapter, model = loaded.adapter, loaded.model.to(settings.device).eval()
         fit_texts = [data.train_texts[i] for i in fit]
         fit_labels = label_ids(model.config, [data.train_labels[i] for i in fit])
@@ -133,12 +137,19 @@ class TextClassification(CommandTask):
             adapter=adapter, model=model,
             train_batches=lambda step: adapter.batches(fit_texts, fit_labels, settings.batch_size, settings.max_len,
                                                        shuffle_seed=settings.seed * 7919 + step,
-                                                       limit=settings.distill_steps),
+                                                       limit=settings.distill_steps * workers.world_size),
             calibration_batches=adapter.batches([data.train_texts[i] for i in calib], None, settings.batch_size,
                                                 settings.max_len),
             eval_batches=self._eval_batches(adapter, model, data.eval_texts, data.eval_labels, settings),
         )
-        return Prepared(task, data.name, latency_probe(adapter, data.eval_texts[0], settings.latency_seq_len))
+        return Prepared(sharded(task, workers), data.name,
+                        latency_probe(adapter, data.eval_texts[0], settings.latency_seq_len))
+
+    def teacher_structure(self, settings: Settings, classes: list[str]) -> LoadedModel:
+        """A model shaped like the teacher rank 0 makes (its values are then copied from rank 0)."""
+        if settings.no_fine_tune or not HFSequenceClassifier.recognizes(Path(settings.model)):
+            return self.load(settings.model)
+        return LoadedModel(*HFSequenceClassifier.load_folder(Path(settings.model), labels=classes), None)
 
     @staticmethod
     def _eval_batches(adapter: HFSequenceClassifier, model: nn.Module, texts: list[str], labels: list[str],
