@@ -7,6 +7,7 @@ on CUDA, a progress bar.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.nn.parallel import DistributedDataParallel
 
 from rmtkd.adapters.base import ModelAdapter
@@ -28,14 +30,35 @@ class DistillConfig:
     lr: float = 5e-5
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    # Across processes: "ddp" (every rank holds the whole student and its optimizer state) or "fsdp" (FSDP2's
+    # fully_shard: gradients and optimizer state sharded over the ranks, for a student whose training does not
+    # fit one device).
+    sharding: str = "ddp"
 
     def __post_init__(self) -> None:
+        if self.sharding not in ("ddp", "fsdp"):
+            raise ValueError(f"sharding: expected 'ddp' or 'fsdp', got {self.sharding!r}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha: expected a weight in [0, 1], got {self.alpha!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature: expected a positive number, got {self.temperature!r}")
         if self.steps < 0:
             raise ValueError(f"steps: expected a non-negative count, got {self.steps!r}")
+
+
+def _trainable(student: nn.Module, config: DistillConfig, workers: Workers, device: torch.device) -> nn.Module:
+    """What the optimizer steps: the student itself (one process), or it under DistributedDataParallel, or an
+    FSDP2 copy sharded over the ranks."""
+    if not workers.distributed:
+        return student
+    if config.sharding == "ddp":
+        return DistributedDataParallel(student, process_group=workers.group)
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import fully_shard
+
+    copy_ = copy.deepcopy(student)
+    fully_shard(copy_, mesh=DeviceMesh.from_group(workers.group, device.type))
+    return copy_
 
 
 class NonFiniteLoss(RuntimeError):
@@ -54,22 +77,22 @@ def distill(
 ) -> dict[str, Any]:
     """Run ``config.steps`` AdamW steps on batches (cycled if shorter); returns first/last/mean loss.
 
-    Across processes (``workers``) the student runs under DistributedDataParallel: each rank steps on its own
-    batches and the gradients are averaged, so N ranks with batches of B examples take the steps one process
-    takes with batches of N·B. Raises NonFiniteLoss on every rank (after the last step, to avoid a host sync per
-    step) if any rank's loss was NaN/Inf.
+    Across processes (``workers``) each rank steps on its own batches and the gradients are averaged, so N ranks
+    with batches of B examples take the steps one process takes with batches of N·B: under
+    DistributedDataParallel, or with ``config.sharding == "fsdp"`` on a fully_shard copy of the student whose
+    trained weights are gathered back into it. Raises NonFiniteLoss on every rank (after the last step, to avoid
+    a host sync per step) if any rank's loss was NaN/Inf.
     """
     if config.steps == 0:
         return {"steps": 0, "loss_first": None, "loss_last": None, "loss_mean": None}
     device = next(student.parameters()).device
-    params = [p for p in student.parameters() if p.requires_grad]
+    trained = _trainable(student, config, workers, device)
+    params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / config.steps)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     teacher.eval()
-    student.train()
-    trained = student if not workers.distributed else DistributedDataParallel(
-        student, process_group=workers.group)
+    trained.train()
     losses: list[Tensor] = []  # kept on the device: one host sync at the end, not one per step
     for batch in progress(itertools.islice(itertools.cycle(batches), config.steps), config.steps):
         with autocast:
@@ -83,6 +106,8 @@ def distill(
         optimizer.step()
         schedule.step()
         losses.append(loss.detach())
+    if trained is not student and not isinstance(trained, DistributedDataParallel):  # an FSDP copy
+        student.load_state_dict(get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True)))
     del trained
     student.eval()
     values = torch.stack(losses).tolist()

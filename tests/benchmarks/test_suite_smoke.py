@@ -192,3 +192,14 @@ def test_measure_reports_per_item_and_above_idle():
     assert result["joules_per_item"] == pytest.approx(50.0 / items) and result["watts"] == pytest.approx(25.0)
     assert result["joules_per_item_above_idle"] == pytest.approx(30.0 / items)
     assert result["watts_above_idle"] == pytest.approx(15.0) and result["temperature_c"] == 40
+
+
+@needs_minilm
+def test_distributed_calibration_benchmark_quick(tmp_path):
+    """benchmarks/distributed.py on a tiny model with 1 and 2 gloo processes: a row each, the reduction timed."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "distributed.py"), "--device", "cpu", "--quick", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads((tmp_path / "cpu" / "distributed.json").read_text())["rows"]
+    assert [row["processes"] for row in rows] == [1, 2] and rows[0]["tokens"] == rows[1]["tokens"] > 0
+    assert rows[0]["reduction_s"] == 0 and rows[1]["reduction_s"] > 0 and 0 < rows[1]["reduction_share"] < 1

@@ -19,6 +19,8 @@ WORLD = 2
 CONFIG = LoopConfig(selection=SelectionConfig(noise="quantile", tau=0.5), distill=DistillConfig(steps=1, lr=1e-3),
                     granularity="block")
 ONE_STEP = LoopConfig(selection=CONFIG.selection, distill=DistillConfig(steps=3, lr=1e-3), target_reduction=0.01)
+ONE_STEP_FSDP = LoopConfig(selection=CONFIG.selection, distill=DistillConfig(steps=3, lr=1e-3, sharding="fsdp"),
+                           target_reduction=0.01)
 CALIBRATION, EVALUATION, TRAINING = make_batches(8, 2), make_batches(4, 3), make_batches(8, 100)
 
 
@@ -61,7 +63,7 @@ def run(rank: int, scenario: str, folder: str) -> None:
         if scenario.startswith("selections"):
             result = selections(task, workers)
         elif scenario.startswith("compress"):
-            config = ONE_STEP if scenario == "compress-one-step-float64" else CONFIG
+            config = {"compress-one-step-float64": ONE_STEP, "compress-fsdp-float64": ONE_STEP_FSDP}.get(scenario, CONFIG)
             model, report = compress(task, config, folder / f"out-{rank}", log=lambda m: None, group=dist.group.WORLD)
             outputs = [task.adapter.forward(model, batch) for batch in EVALUATION]
             result = (outputs, report, sorted(p.name for p in (folder / f"out-{rank}").glob("*")))
@@ -132,6 +134,17 @@ def test_one_distilled_step_matches_one_process_with_the_same_global_batch(tmp_p
     assert len(report_0["steps"]) == len(report_alone["steps"]) == 1
     assert report_0["rewrites"] == report_alone["rewrites"]
     for output, batch in zip(outputs_0, EVALUATION):
+        torch.testing.assert_close(output, alone.adapter.forward(model_alone, batch), rtol=1e-9, atol=1e-9)
+
+
+def test_fsdp_sharded_distillation_matches_one_process(tmp_path):
+    """The same step with the student's training sharded by FSDP2 (fully_shard over the 2 gloo ranks)."""
+    alone = task_for(Workers(), torch.float64)
+    model_alone, _ = compress(alone, ONE_STEP, tmp_path / "alone", log=lambda m: None)
+    (outputs_0, report_0, _), (outputs_1, _, _) = spawn("compress-fsdp-float64", tmp_path)
+    assert report_0["steps"][0]["outcome"] == "kept"
+    for output, other, batch in zip(outputs_0, outputs_1, EVALUATION):
+        assert torch.equal(output, other)  # the gathered weights are the same on every rank
         torch.testing.assert_close(output, alone.adapter.forward(model_alone, batch), rtol=1e-9, atol=1e-9)
 
 

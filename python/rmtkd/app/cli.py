@@ -71,7 +71,7 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
     return LoopConfig(
         selection=selection_config(args),
         distill=DistillConfig(alpha=args.kd_alpha, temperature=args.temperature, steps=args.distill_steps,
-                              lr=args.distill_lr),
+                              lr=args.distill_lr, sharding=args.distill_sharding),
         target_reduction=args.target_reduction, max_metric_drop=args.max_metric_drop,
         granularity=args.granularity, seed=args.seed,
     )
@@ -240,6 +240,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--distill-steps", type=int, default=20,
                    help="distillation batches per step (the default keeps the default run under 10 CPU minutes)")
     c.add_argument("--distill-lr", type=float, default=5e-5)
+    c.add_argument("--distill-sharding", choices=("ddp", "fsdp"), default="ddp",
+                   help="under torchrun: DistributedDataParallel, or FSDP2 (gradients and optimizer state sharded "
+                        "over the processes, for a student whose training does not fit one device)"),
     c.add_argument("--target-reduction", type=float, default=None, help="stop at this fraction fewer parameters")
     c.add_argument("--max-metric-drop", "--max-accuracy-drop", type=float, default=None,
                    help="roll back a step that leaves the metric worse than the original's by more than this "
