@@ -22,13 +22,20 @@ import torch
 POWERCAP = Path("/sys/class/powercap")
 
 
+def pci_bus_id(device: torch.device) -> str:
+    """The PCI address NVML knows a torch CUDA device by ("00000000:65:00.0"). NVML numbers GPUs in PCI order
+    and ignores CUDA_VISIBLE_DEVICES, which renumbers torch's; the bus id is the one name both agree on."""
+    props = torch.cuda.get_device_properties(device.index if device.index is not None else torch.cuda.current_device())
+    return f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+
+
 class NvmlMeter:
     def __init__(self, device: torch.device) -> None:
         import pynvml  # nvidia-ml-py
 
         pynvml.nvmlInit()
         self.nvml = pynvml
-        self.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        self.handle = pynvml.nvmlDeviceGetHandleByPciBusId(pci_bus_id(device))
         try:
             pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
             self.method = "nvml total-energy counter"

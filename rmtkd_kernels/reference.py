@@ -26,13 +26,27 @@ def cov_accumulate_ref(
 
     Masked-out rows (row_mask False) contribute nothing, whatever they hold.
     """
-    partial_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xp = x.to(partial_dtype)
     if row_mask is not None:
-        xp = torch.where(row_mask[:, None], xp, torch.zeros((), dtype=partial_dtype, device=x.device))
-    gram += (xp.T @ xp).to(gram.dtype)
-    colsum += xp.sum(dim=0, dtype=torch.float64)
+        x = torch.where(row_mask[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+    if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        # Tensor cores with fp32 accumulation: the products of 16-bit values are exact in fp32, as in the upcast
+        # below, at the 16-bit GEMM's speed.
+        gram += _gram_fp32_accumulate(x).to(gram.dtype)
+    else:
+        xp = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+        gram += (xp.T @ xp).to(gram.dtype)
+    colsum += x.sum(dim=0, dtype=torch.float64)
     nonfinite_rows += nonfinite_row_flags(x, row_mask).sum()
+
+
+def _gram_fp32_accumulate(x: torch.Tensor) -> torch.Tensor:
+    """xᵀx of a 16-bit CUDA tensor in fp32: ``torch.mm(..., out_dtype=torch.float32)`` where this torch has it,
+    else the fp32 upcast."""
+    try:
+        return torch.mm(x.T, x, out_dtype=torch.float32)
+    except (TypeError, RuntimeError):  # a torch without out_dtype for mm
+        x32 = x.float()
+        return x32.T @ x32
 
 
 def projected_linear_ref(

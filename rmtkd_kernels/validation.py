@@ -88,6 +88,8 @@ def check_cov_args(
         _fail("gram", "a contiguous tensor (it is updated in place)", f"strides {gram.stride()}")
     if colsum.dtype != torch.float64 or tuple(colsum.shape) != (d,):
         _fail("colsum", f"a float64 tensor of shape ({d},)", f"{colsum.dtype} of shape {tuple(colsum.shape)}")
+    if not colsum.is_contiguous():
+        _fail("colsum", "a contiguous tensor (it is updated in place)", f"strides {colsum.stride()}")
     if nonfinite_rows.dtype != torch.int64 or nonfinite_rows.numel() != 1:
         _fail("nonfinite_rows", "a one-element int64 tensor", f"{nonfinite_rows.dtype} of shape {tuple(nonfinite_rows.shape)}")
     if row_mask is not None:

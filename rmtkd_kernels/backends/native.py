@@ -10,6 +10,9 @@ from rmtkd_kernels.backends.registry import Backend, register
 from rmtkd_kernels.extension import EXTENSION, NATIVE_OPS
 
 INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# The CUDA kernels form every product in fp32 (float shared memory and registers), float64 input too: they
+# would round it, so the cuda backend does not take float64 (the reference runs it exactly).
+CUDA_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _native_backend(device: str, auto: bool, priority: int) -> Backend:
@@ -23,7 +26,7 @@ def _native_backend(device: str, auto: bool, priority: int) -> Backend:
         return []
 
     return Backend(
-        name=device, devices=frozenset({device}), dtypes=INPUT_DTYPES,
+        name=device, devices=frozenset({device}), dtypes=CUDA_INPUT_DTYPES if device == "cuda" else INPUT_DTYPES,
         kernels={op: (lambda op=op: getattr(torch.ops.rmtkd_C, op)) for op in NATIVE_OPS},
         unavailable=unavailable, auto_devices=frozenset({device}) if auto else frozenset(), priority=priority,
     )

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rmtkd_kernels.triton.launch import device_of
+
 
 @triton.jit
 def _cov_syrk_kernel(
@@ -36,6 +38,9 @@ def _cov_syrk_kernel(
     row_end = tl.minimum(row_start + rows_per_split, n)
     cols_i = tile_i * BLOCK_D + tl.arange(0, BLOCK_D)
     cols_j = tile_j * BLOCK_D + tl.arange(0, BLOCK_D)
+    # Offsets in int64: a column-major x with 10⁶ rows has stride_xd = 10⁶, and col · stride passes 2³¹.
+    col_off_i = cols_i[None, :].to(tl.int64) * stride_xd
+    col_off_j = cols_j[None, :].to(tl.int64) * stride_xd
     ci_ok = cols_i < d
     cj_ok = cols_j < d
     is_diag = tile_i == tile_j
@@ -47,8 +52,8 @@ def _cov_syrk_kernel(
         if HAS_MASK:
             r_ok = r_ok & (tl.load(mask_ptr + rows, mask=r_ok, other=0) != 0)
         row_off = rows[:, None].to(tl.int64) * stride_xn
-        a = tl.load(x_ptr + row_off + cols_i[None, :] * stride_xd, mask=r_ok[:, None] & ci_ok[None, :], other=0.0)
-        b = tl.load(x_ptr + row_off + cols_j[None, :] * stride_xd, mask=r_ok[:, None] & cj_ok[None, :], other=0.0)
+        a = tl.load(x_ptr + row_off + col_off_i, mask=r_ok[:, None] & ci_ok[None, :], other=0.0)
+        b = tl.load(x_ptr + row_off + col_off_j, mask=r_ok[:, None] & cj_ok[None, :], other=0.0)
         acc = tl.dot(tl.trans(a), b, acc, input_precision=INPUT_PRECISION)
         if is_diag:
             a32 = a.to(tl.float32)
@@ -56,7 +61,7 @@ def _cov_syrk_kernel(
             nonfinite = (a32 != a32) | (tl.abs(a32) == float("inf"))
             row_bad = tl.sum(nonfinite.to(tl.int32), axis=1) > 0
             tl.atomic_max(flag_ptr + rows, tl.full((BLOCK_N,), 1, tl.int32), mask=row_bad)
-    out_ptrs = gram_ptr + cols_i[:, None] * d + cols_j[None, :]
+    out_ptrs = gram_ptr + cols_i[:, None].to(tl.int64) * d + cols_j[None, :]
     if ACC_FP64:
         tl.atomic_add(out_ptrs, acc.to(tl.float64), mask=ci_ok[:, None] & cj_ok[None, :])
     else:
@@ -95,15 +100,16 @@ def cov_accumulate_triton(
     flags = torch.zeros(n, dtype=torch.int32, device=x.device)
     mask = row_mask.contiguous() if row_mask is not None else flags  # any pointer; unused without HAS_MASK
     tiles = triton.cdiv(d, block_d)
-    _cov_syrk_kernel[(tiles, tiles, splits)](
-        x, mask, gram, colsum, flags,
-        n, d, rows_per_split,
-        x.stride(0), x.stride(1),
-        HAS_MASK=row_mask is not None,
-        ACC_FP64=gram.dtype == torch.float64,
-        INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        BLOCK_D=block_d,
-        BLOCK_N=block_n,
-        num_warps=num_warps,
-    )
+    with device_of(x):
+        _cov_syrk_kernel[(tiles, tiles, splits)](
+            x, mask, gram, colsum, flags,
+            n, d, rows_per_split,
+            x.stride(0), x.stride(1),
+            HAS_MASK=row_mask is not None,
+            ACC_FP64=gram.dtype == torch.float64,
+            INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+            BLOCK_D=block_d,
+            BLOCK_N=block_n,
+            num_warps=num_warps,
+        )
     nonfinite_rows += flags.sum()

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rmtkd_kernels.triton.launch import device_of
+
 
 @triton.jit
 def _projected_linear_kernel(
@@ -31,7 +33,8 @@ def _projected_linear_kernel(
     outs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     r_ok = rows < M
     o_ok = outs < D_OUT
-    x_rows = x_ptr + rows[:, None].to(tl.int64) * stride_xm
+    x_rows = x_ptr + rows[:, None].to(tl.int64) * stride_xm  # every index · stride product in int64
+    outs64 = outs.to(tl.int64)
     acc = tl.zeros((BLOCK_M, BLOCK_O), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
@@ -40,16 +43,17 @@ def _projected_linear_kernel(
         for d0 in range(0, D_IN, BLOCK_D):
             ds = d0 + tl.arange(0, BLOCK_D)
             d_ok = ds < D_IN
-            xt = tl.load(x_rows + ds[None, :] * stride_xd, mask=r_ok[:, None] & d_ok[None, :], other=0.0)
-            pt = tl.load(p_ptr + ds[:, None] * stride_pd + ks[None, :] * stride_pk,
+            ds64 = ds.to(tl.int64)
+            xt = tl.load(x_rows + ds64[None, :] * stride_xd, mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+            pt = tl.load(p_ptr + ds64[:, None] * stride_pd + ks[None, :].to(tl.int64) * stride_pk,
                          mask=d_ok[:, None] & k_ok[None, :], other=0.0)
             hidden = tl.dot(xt, pt, hidden, input_precision=INPUT_PRECISION)
-        wt = tl.load(w_ptr + outs[None, :] * stride_wo + ks[:, None] * stride_wk,
+        wt = tl.load(w_ptr + outs64[None, :] * stride_wo + ks[:, None].to(tl.int64) * stride_wk,
                      mask=k_ok[:, None] & o_ok[None, :], other=0.0)
         acc = tl.dot(hidden.to(wt.dtype), wt, acc, input_precision=INPUT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + outs, mask=o_ok, other=0.0).to(tl.float32)[None, :]
-    y_ptrs = y_ptr + rows[:, None].to(tl.int64) * stride_ym + outs[None, :] * stride_yo
+    y_ptrs = y_ptr + rows[:, None].to(tl.int64) * stride_ym + outs64[None, :] * stride_yo
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=r_ok[:, None] & o_ok[None, :])
 
 
@@ -63,14 +67,16 @@ def projected_linear_triton(
         return y
     block_m, block_d, block_k, block_o = 16, 64, 32, 64
     grid = (triton.cdiv(m, block_m), triton.cdiv(d_out, block_o))
-    _projected_linear_kernel[grid](
-        x, basis, weight, bias if bias is not None else y, y,
-        m, d_in, k, d_out,
-        x.stride(0), x.stride(1), basis.stride(0), basis.stride(1),
-        weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
-        HAS_BIAS=bias is not None,
-        INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_O=block_o,
-        num_warps=4,
-    )
+    bias = bias.contiguous() if bias is not None else None  # the kernel reads the bias with stride 1
+    with device_of(x):
+        _projected_linear_kernel[grid](
+            x, basis, weight, bias if bias is not None else y, y,
+            m, d_in, k, d_out,
+            x.stride(0), x.stride(1), basis.stride(0), basis.stride(1),
+            weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
+            HAS_BIAS=bias is not None,
+            INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+            BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_O=block_o,
+            num_warps=4,
+        )
     return y

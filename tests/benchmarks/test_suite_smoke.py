@@ -158,16 +158,20 @@ def test_nvml_meter_falls_back_to_power_sampling_and_says_so(monkeypatch):
     def unsupported(handle):
         raise NVMLError("Not Supported")
 
+    handles = []
     fake = types.SimpleNamespace(
         NVMLError=NVMLError, NVML_CLOCK_SM=0, NVML_CLOCK_MEM=1, NVML_TEMPERATURE_GPU=0,
-        nvmlInit=lambda: None, nvmlDeviceGetHandleByIndex=lambda index: "gpu0",
+        nvmlInit=lambda: None, nvmlDeviceGetHandleByPciBusId=lambda bus_id: handles.append(bus_id) or "gpu0",
         nvmlDeviceGetTotalEnergyConsumption=unsupported,
         nvmlDeviceGetPowerUsage=lambda handle: 150_000,  # mW
         nvmlDeviceGetClockInfo=lambda handle, kind: 1980, nvmlDeviceGetTemperature=lambda handle, kind: 40,
         nvmlDeviceGetEnforcedPowerLimit=lambda handle: 700_000)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
+    props = types.SimpleNamespace(pci_domain_id=0, pci_bus_id=0x65, pci_device_id=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
     energy = load("energy")
     meter = energy.NvmlMeter(torch.device("cuda", 0))
+    assert handles == ["00000000:65:00.0"]  # matched by PCI address, not by ordinal (CUDA_VISIBLE_DEVICES renumbers)
     assert meter.method.startswith("nvml power sampling") and "unsupported" in meter.method
     joules, seconds, calls = meter.window(lambda: (__import__("time").sleep(0.2), 3)[1])
     assert calls == 3 and joules == pytest.approx(150.0 * seconds)

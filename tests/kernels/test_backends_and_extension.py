@@ -71,6 +71,8 @@ def _cov_state(d=4, dtype=torch.float64):
          r"row_mask: expected shape \(3,\)"),
         (lambda: cov_accumulate(torch.randn(3, 4), torch.zeros(8, 8, dtype=torch.float64)[::2, ::2],
                                 *_cov_state()[1:]), r"gram: expected a contiguous tensor"),
+        (lambda: cov_accumulate(torch.randn(3, 4), _cov_state()[0], torch.zeros(8, dtype=torch.float64)[::2],
+                                _cov_state()[2]), r"colsum: expected a contiguous tensor"),
         (lambda: projected_linear(torch.randn(3, 5), torch.randn(4, 2), torch.randn(6, 2)),
          r"x: expected last dimension 4"),
         (lambda: projected_linear(torch.randn(3, 4), torch.randn(4, 2), torch.randn(6, 3)),
@@ -177,3 +179,15 @@ def test_a_new_backend_is_one_record_and_one_registration(scratch_registry):
     assert choose_backend("cov_accumulate", x) != "traced"  # no kernel for that op
     with pytest.raises(ValueError, match="traced backend has no kernel for cov_accumulate"):
         choose_backend("cov_accumulate", x, "traced")
+
+
+@pytest.mark.skipif(not EXTENSION.has_kernel("cov_accumulate", "CUDA"), reason="no CUDA kernels in this build")
+def test_the_cuda_kernels_refuse_float64_they_would_round():
+    """They form every product in fp32: float64 input would lose its precision, so that backend refuses it (the
+    reference, chosen automatically, runs it exactly)."""
+    from rmtkd_kernels.backends import unsupported_reasons
+
+    probe = torch.empty(0, 0, dtype=torch.float64, device="meta")
+    for op in ("cov_accumulate", "projected_linear"):
+        assert any("takes float32/float16/bfloat16, not torch.float64" in reason
+                   for reason in unsupported_reasons("cuda", op, probe, "cuda"))
