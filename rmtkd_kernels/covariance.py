@@ -174,8 +174,8 @@ class CovarianceAccumulator:
         if bad:
             raise ValueError(f"CovarianceAccumulator: {bad} of the {count} rows passed to update() held NaN or Inf; "
                              "the statistics are invalid. Fix the activations or mask those rows, then reset().")
-        finite = torch.isfinite(torch.triu(self.gram)).all(dim=0) & torch.isfinite(torch.triu(self.gram)).all(dim=1)
-        finite &= torch.isfinite(self.colsum)
+        upper = torch.isfinite(torch.triu(self.gram))
+        finite = upper.all(dim=0) & upper.all(dim=1) & torch.isfinite(self.colsum)
         if not bool(finite.all()):
             feature = int((~finite).nonzero()[0])
             raise ValueError(f"CovarianceAccumulator: the statistics of feature {feature} are not finite although "
