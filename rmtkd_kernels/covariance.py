@@ -90,7 +90,9 @@ class CovarianceAccumulator:
 
     def _take_shift(self, rows: Tensor, row_mask: Optional[Tensor], dtype: torch.dtype) -> None:
         """The shift: the mean of the chunk's counted finite rows, rounded to ``dtype`` (zero where none)."""
-        keep = torch.isfinite(rows).all(dim=1) if row_mask is None else torch.isfinite(rows).all(dim=1) & row_mask
+        keep = torch.isfinite(rows).all(dim=1)
+        if row_mask is not None:
+            keep &= row_mask
         total = torch.where(keep[:, None], rows.double(), 0.0).sum(0)
         mean = torch.nan_to_num(total / keep.sum().clamp(min=1), nan=0.0, posinf=0.0, neginf=0.0)
         self.shift.copy_(mean.to(dtype).double())
@@ -130,13 +132,12 @@ class CovarianceAccumulator:
 
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("all_reduce: torch.distributed is not initialised (call init_process_group first)")
-        self.gram.copy_(torch.triu(self.gram))  # the strict lower triangle is unspecified per rank
         common = self.shift.clone()
         dist.broadcast(common, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
         self.recenter(common)
-        for t in (self.gram, self.colsum, self.count_tensor, self.nonfinite_rows):
-            dist.all_reduce(t, group=group)
-        self._shifted = True
+        flat = self.statistics()  # one all-reduce of everything that adds up
+        dist.all_reduce(flat, group=group)
+        self.load_statistics(flat)
         return self
 
     def statistics(self) -> Tensor:
