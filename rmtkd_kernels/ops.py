@@ -110,7 +110,8 @@ def projected_linear_unchecked(
     """:func:`projected_linear` without its argument checks, for callers whose arguments are known to fit
     (ProjectedLinear checks x against its own parameters). The full checks take ~5 µs, about a third of a
     384-wide layer's time for one row on CPU."""
-    name = choose_backend("projected_linear", x, backend)
+    rows = x.numel() // x.shape[-1]
+    name = choose_backend("projected_linear", x, backend, (rows, x.shape[-1], basis.shape[1], weight.shape[0]))
     if name == "reference":
         return reference.projected_linear_ref(x, basis, weight, bias)
     y = torch.ops.rmtkd.projected_linear(x.reshape(-1, x.shape[-1]), basis, weight, bias, name)

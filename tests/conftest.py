@@ -1,14 +1,17 @@
-"""Test-wide setup: Triton kernels run on the CPU under the interpreter when no GPU is present.
+"""Test-wide setup: Triton kernels run on the CPU under the interpreter when no GPU is present; backend decisions
+are cached in a folder of the test session's own, never in the user's cache.
 
 TRITON_INTERPRET must be set before triton is first imported, hence here, before any test module loads.
 """
 import os
+import tempfile
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ["RMTKD_CACHE_DIR"] = tempfile.mkdtemp(prefix="rmtkd-test-cache-")
 
 
 @pytest.fixture(scope="session")

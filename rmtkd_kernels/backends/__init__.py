@@ -6,8 +6,8 @@ TRITON_INTERPRET=1), ``cuda`` (CUDA C++ in rmtkd_kernels._C), ``cpu`` (C++ CPU i
 # Each module registers its backend(s) when imported; the order is the registry's order.
 from rmtkd_kernels.backends import reference, triton_kernels, native  # noqa: F401, I001
 from rmtkd_kernels.backends.registry import (
-    ENV_VAR, FUSED_MAX_ROWS, OPS, Backend, backend_names, choose_backend, get_backend, register, unsupported_reasons,
+    ENV_VAR, OPS, Backend, backend_names, choose_backend, get_backend, register, unsupported_reasons,
 )
 
-__all__ = ["ENV_VAR", "FUSED_MAX_ROWS", "OPS", "Backend", "backend_names", "choose_backend", "get_backend",
+__all__ = ["ENV_VAR", "OPS", "Backend", "backend_names", "choose_backend", "get_backend",
            "register", "unsupported_reasons"]

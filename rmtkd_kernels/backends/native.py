@@ -15,7 +15,7 @@ INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 CUDA_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _native_backend(device: str, auto: bool, priority: int) -> Backend:
+def _native_backend(device: str) -> Backend:
     key = device.upper()
 
     def unavailable(op: str, _device: str) -> list[str]:
@@ -28,9 +28,9 @@ def _native_backend(device: str, auto: bool, priority: int) -> Backend:
     return Backend(
         name=device, devices=frozenset({device}), dtypes=CUDA_INPUT_DTYPES if device == "cuda" else INPUT_DTYPES,
         kernels={op: (lambda op=op: getattr(torch.ops.rmtkd_C, op)) for op in NATIVE_OPS},
-        unavailable=unavailable, auto_devices=frozenset({device}) if auto else frozenset(), priority=priority,
+        unavailable=unavailable, auto_devices=frozenset({device}),
     )
 
 
-CUDA = register(_native_backend("cuda", auto=False, priority=10))
-CPU = register(_native_backend("cpu", auto=True, priority=10))
+CUDA = register(_native_backend("cuda"))
+CPU = register(_native_backend("cpu"))

@@ -1,6 +1,6 @@
 """The reference backend: the pure-torch oracles of rmtkd_kernels.reference, on every device and dtype.
 
-It is the CPU fallback and the last automatic choice everywhere.
+It is the oracle the other backends are checked against, and always a candidate of automatic choice.
 """
 from __future__ import annotations
 
@@ -16,6 +16,4 @@ REFERENCE = register(Backend(
     kernels={"cov_accumulate": lambda: reference.cov_accumulate_ref,
              "projected_linear": lambda: reference.projected_linear_ref},
     auto_devices=frozenset({"cpu", "cuda"}),
-    priority=0,
-    fused=False,
 ))

@@ -8,12 +8,11 @@ Override, strongest first: the op's ``backend=`` argument; the environment varia
 name for every op (``RMTKD_BACKEND=triton``) or per op (``RMTKD_BACKEND=cov_accumulate=cpu,projected_linear=triton``).
 A forced backend that cannot run the call raises ValueError with its reasons; nothing silently falls back.
 
-Automatic choice takes, among the backends whose ``auto_devices`` hold the input's device type, the one with the
-highest ``priority`` that has no reason against the call; the reference (priority 0, every device) is last.
-Decision: a backend enters a device's automatic choice only after it has run on that hardware and matched the
-reference there (the GPU test suite) and won its benchmark. The Triton and CUDA kernels have so far run only
-under the Triton interpreter / been compiled, so on CUDA devices the default is still the reference; force
-``triton`` or ``cuda`` to use them.
+Automatic choice runs among the backends whose ``auto_devices`` hold the input's device type and that have no
+reason against the call; the reference (every device) is always among them. With one candidate that is the
+answer; with several, ``tuning`` verifies each against a float64 oracle on the user's hardware and times it, on
+the first call of each (device, dtype, size bucket), and the fastest correct one is chosen (remembered in
+memory and on disk). A kernel that has never run on a device is therefore never trusted there unchecked.
 """
 from __future__ import annotations
 
@@ -26,8 +25,6 @@ import torch
 
 OPS = ("cov_accumulate", "projected_linear")
 ENV_VAR = "RMTKD_BACKEND"
-# Above this many rows the fused projected linear recomputes too much; auto mode uses two GEMMs there.
-FUSED_MAX_ROWS = 256
 Kernel = Callable[..., object]
 
 
@@ -41,8 +38,8 @@ class Backend:
 
     ``kernels`` maps an op name to a loader that returns the kernel (called on first use, so that importing
     rmtkd_kernels never imports triton or touches the native build). ``unavailable(op, device)`` lists why the
-    backend cannot run ``op`` on ``device`` in this environment. ``fused`` marks kernels that keep an
-    intermediate on chip, which automatic choice avoids for large projected_linear calls.
+    backend cannot run ``op`` on ``device`` in this environment; ``auto_devices`` are the device types where
+    automatic choice tries it.
     """
 
     name: str
@@ -51,8 +48,6 @@ class Backend:
     kernels: Mapping[str, Callable[[], Kernel]]
     unavailable: Callable[[str, str], list[str]] = no_reasons
     auto_devices: frozenset[str] = frozenset()
-    priority: int = 0
-    fused: bool = True
     _loaded: dict[str, Kernel] = field(default_factory=dict, compare=False, repr=False)
 
     def kernel(self, op: str) -> Kernel:
@@ -80,7 +75,7 @@ _REGISTRY: dict[str, Backend] = {}
 def register(backend: Backend) -> Backend:
     """Add ``backend`` to the registry (replacing one of the same name) and forget earlier automatic choices."""
     _REGISTRY[backend.name] = backend
-    _choose.cache_clear()
+    _resolve.cache_clear()
     return backend
 
 
@@ -103,7 +98,7 @@ def unsupported_reasons(backend: str, op: str, x: torch.Tensor, device: Optional
 
 
 def _parse_setting(op: str, setting: str) -> Optional[str]:
-    """The backend that RMTKD_BACKEND=setting forces for ``op`` (read on every call, parsed once: _choose)."""
+    """The backend that RMTKD_BACKEND=setting forces for ``op`` (read on every call, parsed once: _resolve)."""
     setting = setting.strip()
     if not setting:
         return None
@@ -118,19 +113,38 @@ def _parse_setting(op: str, setting: str) -> Optional[str]:
     return None
 
 
-def choose_backend(op: str, x: torch.Tensor, backend: Optional[str] = None) -> str:
-    """The backend that runs ``op`` for input x (..., d): the forced one (checked) or the automatic choice."""
+def choose_backend(op: str, x: torch.Tensor, backend: Optional[str] = None,
+                   sizes: Optional[tuple[int, ...]] = None) -> str:
+    """The backend that runs ``op`` for input x (n, d): the forced one (checked) or the automatic choice.
+
+    ``sizes`` are the call's sizes for tuning: (n, d) for cov_accumulate, (rows, d_in, k, d_out) for
+    projected_linear (default: x's rows and width, with k = d_out = d_in)."""
     # Under torch.compile the choice is traced once per graph: the memo would only draw Dynamo warnings.
-    choose = _choose.__wrapped__ if torch.compiler.is_compiling() else _choose
-    large = op == "projected_linear" and x.numel() > FUSED_MAX_ROWS * x.shape[-1]  # rows = numel / d
+    compiling = torch.compiler.is_compiling()
+    resolve = _resolve.__wrapped__ if compiling else _resolve
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    return choose(op, x.device.type, x.dtype, large, backend, os.environ.get(ENV_VAR, ""), interpreting)
+    decided = resolve(op, x.device.type, x.dtype, backend, os.environ.get(ENV_VAR, ""), interpreting)
+    if isinstance(decided, str):
+        return decided
+    from rmtkd_kernels.backends.tuning import TUNER, autotune_enabled
+    from rmtkd_kernels.backends.trials import Problem
+
+    if sizes is None:
+        rows, width = (x.numel() // x.shape[-1], x.shape[-1]) if x.dim() and x.shape[-1] else (0, 0)
+        sizes = (rows, width) if op == "cov_accumulate" else (rows, width, width, width)
+    problem = Problem(op, tuple(int(s) for s in sizes))
+    if compiling or not autotune_enabled() or problem.sizes[0] == 0:
+        # No trials inside a traced graph, when the user turned them off, or for an empty call.
+        remembered = TUNER.lookup((op, str(x.device), x.dtype, problem.bucket(), decided)) if compiling else None
+        return remembered or "reference"
+    return TUNER.choose(problem, x.dtype, x.device, decided)
 
 
 @functools.lru_cache(maxsize=256)
-def _choose(op: str, device: str, dtype: torch.dtype, large: bool, backend: Optional[str], setting: str,
-            interpreting: bool) -> str:
-    """Memoised on everything the answer depends on (one lookup: the call sits on every forward's hot path)."""
+def _resolve(op: str, device: str, dtype: torch.dtype, backend: Optional[str], setting: str,
+             interpreting: bool) -> str | tuple[str, ...]:
+    """The forced backend (checked), the only candidate, or the tuple of candidates automatic choice tries.
+    Memoised on everything the answer depends on (the call sits on every forward's hot path)."""
     forced = backend or _parse_setting(op, setting)
     probe = torch.empty((0, 0), device="meta", dtype=dtype)
     if forced is not None and forced != "auto":
@@ -139,8 +153,6 @@ def _choose(op: str, device: str, dtype: torch.dtype, large: bool, backend: Opti
             source = "backend" if backend is not None else ENV_VAR
             raise ValueError(f"{source}: backend {forced!r} cannot run {op} here: " + "; ".join(reasons))
         return forced
-    candidates = sorted((b for b in _REGISTRY.values() if device in b.auto_devices), key=lambda b: -b.priority)
-    for candidate in candidates:
-        if not (large and candidate.fused) and not candidate.reasons(op, device, dtype):
-            return candidate.name
-    return "reference"
+    candidates = tuple(b.name for b in _REGISTRY.values()
+                       if device in b.auto_devices and b.name != "reference" and not b.reasons(op, device, dtype))
+    return ("reference",) + candidates if candidates else "reference"

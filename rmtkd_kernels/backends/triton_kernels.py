@@ -1,4 +1,8 @@
-"""The Triton backend: rmtkd_kernels/triton/*.py, on CUDA, or on the CPU under TRITON_INTERPRET=1."""
+"""The Triton backend: rmtkd_kernels/triton/*.py, on CUDA, or on the CPU under TRITON_INTERPRET=1.
+
+Automatic choice tries it on CUDA; on the CPU only when RMTKD_TUNE_INTERPRETER=1 is set at import (the
+interpreter is for testing: it is far slower than the CPU backends, and trials would only cost time).
+"""
 from __future__ import annotations
 
 import importlib
@@ -33,4 +37,5 @@ TRITON = register(Backend(
     kernels={"cov_accumulate": _kernel("cov_accumulate", "cov_accumulate_triton"),
              "projected_linear": _kernel("projected_linear", "projected_linear_triton")},
     unavailable=_unavailable,
+    auto_devices=frozenset({"cuda", "cpu"} if os.environ.get("RMTKD_TUNE_INTERPRETER") == "1" else {"cuda"}),
 ))

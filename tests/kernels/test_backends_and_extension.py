@@ -15,11 +15,13 @@ from rmtkd_kernels.backends import ENV_VAR
 
 
 def test_auto_choice_on_cpu():
-    x = torch.randn(4, 4)
-    expected_cov = "cpu" if EXTENSION.has_kernel("cov_accumulate", "CPU") else "reference"
-    assert choose_backend("cov_accumulate", x) == expected_cov
-    assert choose_backend("projected_linear", x) == "reference"  # no C++ CPU kernel: the reference is the CPU path
-    assert choose_backend("cov_accumulate", x.double()) == expected_cov
+    """The C++ CPU kernel competes with the reference (trials decide); projected_linear has only the reference on
+    the CPU, and the interpreted Triton kernels are not tried unless asked for."""
+    x = torch.randn(64, 4)
+    able = {"cpu", "reference"} if EXTENSION.has_kernel("cov_accumulate", "CPU") else {"reference"}
+    assert choose_backend("cov_accumulate", x) in able
+    assert choose_backend("cov_accumulate", x.double()) in able
+    assert choose_backend("projected_linear", x) == "reference"
 
 
 def test_forced_backend_that_cannot_run_says_why(monkeypatch):
@@ -149,10 +151,10 @@ def scratch_registry(monkeypatch):
     from rmtkd_kernels.backends import registry
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    registry._choose.cache_clear()
+    registry._resolve.cache_clear()
     yield registry
     monkeypatch.undo()
-    registry._choose.cache_clear()
+    registry._resolve.cache_clear()
 
 
 def test_a_new_backend_is_one_record_and_one_registration(scratch_registry):
@@ -168,13 +170,15 @@ def test_a_new_backend_is_one_record_and_one_registration(scratch_registry):
 
     register(Backend(name="traced", devices=frozenset({"cpu"}), dtypes=(torch.float32,),
                      kernels={"projected_linear": lambda: traced_projected_linear},
-                     auto_devices=frozenset({"cpu"}), priority=100))
+                     auto_devices=frozenset({"cpu"})))
     assert backend_names()[-1] == "traced"
     x, basis, weight = torch.randn(3, 5), torch.linalg.qr(torch.randn(5, 2))[0], torch.randn(4, 2)
     expected = reference.projected_linear_ref(x.double(), basis.double(), weight.double(), None)
     torch.testing.assert_close(projected_linear(x, basis, weight, backend="traced").double(), expected,
                                rtol=6e-4, atol=2e-3)
-    assert choose_backend("projected_linear", x) == "traced" and calls == [(3, 5)]  # highest priority wins
+    assert calls == [(3, 5)]
+    assert choose_backend("projected_linear", x) in ("traced", "reference")  # both correct: the faster one
+    assert len(calls) > 1  # automatic choice tried it
     assert choose_backend("projected_linear", x.double()) == "reference"  # not its dtype
     assert choose_backend("cov_accumulate", x) != "traced"  # no kernel for that op
     with pytest.raises(ValueError, match="traced backend has no kernel for cov_accumulate"):
