@@ -123,3 +123,35 @@ def test_turning_tuning_off_chooses_the_reference(tuner, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert choose_backend("projected_linear", torch.randn(3, 4)) == "reference"
+
+
+def test_doctor_reports_the_trials_and_stores_the_decisions_the_ops_then_use(tuner):
+    from rmtkd_kernels.doctor import report
+
+    problem = Problem("projected_linear", (5, 16, 4, 8))
+    with pytest.warns(RuntimeWarning):
+        lines = list(report(torch.device("cpu"), problems=[problem]))
+    text = "\n".join(lines)
+    assert "backend cache: " + str(tuner.disk_cache(torch.device("cpu")).path) in text
+    assert "rmtkd_kernels._C has no CPU kernel for projected_linear" in text or "not built" in text
+    trial_rows = [line.split() for line in lines if line.startswith("  projected_linear ")]
+    assert {row[3] for row in trial_rows} >= {"reference", "wrong", "raising"}
+    assert all(row[4] == "FAILED" for row in trial_rows if row[3] in ("wrong", "raising"))
+    assert sum(row[4] == "chosen" for row in trial_rows if row[1] == "float32") == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the ops use the stored decision: no trials, no warnings
+        projected_linear(torch.randn(5, 16), torch.randn(16, 4), torch.randn(8, 4))
+
+
+def test_doctor_command_without_trials():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "rmtkd", "doctor", "--no-trials"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "native extension rmtkd_kernels._C:" in done.stdout and "backend cache:" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "rmtkd", "doctor", "--device", "cuda"] if not torch.cuda.is_available()
+                          else [sys.executable, "-m", "rmtkd", "doctor", "--device", "nonsense"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--device" in done.stderr

@@ -183,6 +183,22 @@ def bench_command(args: argparse.Namespace, workers: Workers) -> int:
     return subprocess.call(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def doctor_command(args: argparse.Namespace, workers: Workers) -> int:
+    """Print rmtkd_kernels.doctor's report for --device."""
+    from rmtkd_kernels.doctor import report
+
+    one_process(workers, "doctor")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise ValueError(f"--device: expected a torch device such as cpu or cuda:0, got {args.device!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device: CUDA was asked for, and this machine has no GPU torch can use")
+    for line in report(device, trials=not args.no_trials):
+        print(line, flush=True)
+    return 0
+
+
 def _data_options(p: argparse.ArgumentParser, with_labels: bool = True, with_train: bool = True) -> None:
     p.add_argument("--task", choices=tuple(TASKS), default="text",
                    help="text: Hugging Face encoder classifier on TSV/CSV/JSONL or BBC News; images: CNN on "
@@ -276,6 +292,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     b.add_argument("--out", help="results folder (default benchmarks/results)")
     b.set_defaults(run=bench_command, json=False)
+
+    d = commands.add_parser("doctor", help="versions, native build, and each kernel backend verified and timed on "
+                                           "this device (the decisions automatic choice will use)")
+    d.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    d.add_argument("--no-trials", action="store_true", help="only versions, build and backend availability")
+    d.set_defaults(run=doctor_command, json=False)
     return top
 
 
