@@ -1,11 +1,16 @@
-"""Triton SYRK for the streaming covariance: gram += XᵀX (upper tiles only), colsum += Σ rows, NaN/Inf rows flagged.
+"""Triton SYRK for the streaming covariance: gram += XᵀX (upper tiles only), colsum += Σ rows, NaN/Inf rows counted.
 
-One program owns one upper-triangle output tile (tile_i <= tile_j) and one slice of the rows (split-K, so that
-small d still fills the GPU). It keeps its BLOCK_D × BLOCK_D tile in fp32 registers over all its rows
-(tensor cores for fp16/bf16; exact fp32 ``ieee`` products for fp32 input, never TF32) and adds the partial
-into the float64/float32 accumulator with one atomic add per element at the end. Diagonal programs see every
-element of their column block once, so they also produce the column sums and flag rows holding NaN/Inf: no
-extra pass over X and no host synchronisation.
+Two kernels. The SYRK: one program owns one upper-triangle output tile (a 1-D grid over the list of upper tile
+pairs, so no program starts only to return) and one slice of the rows (split-K, so that small d still fills the
+GPU). It keeps its BLOCK_D × BLOCK_D tile in fp32 registers over its rows (tensor cores: fp16/bf16 directly,
+fp32 through ``tf32x3``, three TF32 products that recover fp32 accuracy; exact ``ieee`` FMAs where
+RMTKD_TRITON_FP32=ieee) and adds the partial into the float64/float32 accumulator with one relaxed atomic add
+per element (no memory fence: the adds commute, and the launch boundary orders them for the reader). The
+column sums and NaN/Inf row flags are a second, memory-bound pass over X, so the SYRK's diagonal programs do no
+more work than the others. No host synchronisation either way.
+
+The split count makes the grid fill whole waves at the occupancy the compiled kernel really has (read from its
+register and shared-memory use after the first launch).
 """
 from __future__ import annotations
 
@@ -16,12 +21,17 @@ import torch
 import triton
 import triton.language as tl
 
-from rmtkd_kernels.triton.launch import device_of
+from rmtkd_kernels.triton.launch import device_of, fp32_precision
+
+# (BLOCK_D, BLOCK_N, num_warps, num_stages) the launcher picks from, by d; the static checks compile each.
+SYRK_CONFIGS = {"wide": (128, 32, 8, 3), "narrow": (64, 64, 4, 3)}
+COLSUM_CONFIG = (128, 64, 4)  # BLOCK_C, BLOCK_N, num_warps
+INTERPRETER_BLOCK = 32  # few, large programs keep the interpreter's numpy overhead down
 
 
 @triton.jit
 def _cov_syrk_kernel(
-    x_ptr, mask_ptr, gram_ptr, colsum_ptr, flag_ptr,
+    x_ptr, mask_ptr, gram_ptr, pairs_ptr,
     n, d, rows_per_split,
     stride_xn, stride_xd,
     HAS_MASK: tl.constexpr,
@@ -30,11 +40,9 @@ def _cov_syrk_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    tile_i = tl.program_id(0)
-    tile_j = tl.program_id(1)
-    if tile_i > tile_j:
-        return
-    row_start = tl.program_id(2) * rows_per_split
+    tile_i = tl.load(pairs_ptr + 2 * tl.program_id(0))
+    tile_j = tl.load(pairs_ptr + 2 * tl.program_id(0) + 1)
+    row_start = tl.program_id(1) * rows_per_split
     row_end = tl.minimum(row_start + rows_per_split, n)
     cols_i = tile_i * BLOCK_D + tl.arange(0, BLOCK_D)
     cols_j = tile_j * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -43,9 +51,7 @@ def _cov_syrk_kernel(
     col_off_j = cols_j[None, :].to(tl.int64) * stride_xd
     ci_ok = cols_i < d
     cj_ok = cols_j < d
-    is_diag = tile_i == tile_j
     acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
-    col_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for start in range(row_start, row_end, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)
         r_ok = rows < row_end
@@ -55,35 +61,90 @@ def _cov_syrk_kernel(
         a = tl.load(x_ptr + row_off + col_off_i, mask=r_ok[:, None] & ci_ok[None, :], other=0.0)
         b = tl.load(x_ptr + row_off + col_off_j, mask=r_ok[:, None] & cj_ok[None, :], other=0.0)
         acc = tl.dot(tl.trans(a), b, acc, input_precision=INPUT_PRECISION)
-        if is_diag:
-            a32 = a.to(tl.float32)
-            col_acc += tl.sum(a32, axis=0)
-            nonfinite = (a32 != a32) | (tl.abs(a32) == float("inf"))
-            row_bad = tl.sum(nonfinite.to(tl.int32), axis=1) > 0
-            tl.atomic_max(flag_ptr + rows, tl.full((BLOCK_N,), 1, tl.int32), mask=row_bad)
     out_ptrs = gram_ptr + cols_i[:, None].to(tl.int64) * d + cols_j[None, :]
+    out_ok = ci_ok[:, None] & cj_ok[None, :]
     if ACC_FP64:
-        tl.atomic_add(out_ptrs, acc.to(tl.float64), mask=ci_ok[:, None] & cj_ok[None, :])
+        tl.atomic_add(out_ptrs, acc.to(tl.float64), mask=out_ok, sem="relaxed")
     else:
-        tl.atomic_add(out_ptrs, acc, mask=ci_ok[:, None] & cj_ok[None, :])
-    if is_diag:
-        tl.atomic_add(colsum_ptr + cols_i, col_acc.to(tl.float64), mask=ci_ok)
+        tl.atomic_add(out_ptrs, acc, mask=out_ok, sem="relaxed")
 
 
-def _launch_shape(n: int, d: int, device: torch.device) -> tuple[int, int, int, int, int]:
-    """(BLOCK_D, BLOCK_N, splits, rows_per_split, num_warps): enough programs to fill the device.
+@triton.jit
+def _colsum_kernel(
+    x_ptr, mask_ptr, colsum_ptr, flag_ptr,
+    n, d, rows_per_split,
+    stride_xn, stride_xd,
+    HAS_MASK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """colsum += fp32 partial column sums of counted rows; flag[row] = 1 for counted rows holding NaN/Inf."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = cols < d
+    col_off = cols[None, :].to(tl.int64) * stride_xd
+    row_start = tl.program_id(1) * rows_per_split
+    row_end = tl.minimum(row_start + rows_per_split, n)
+    sums = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for start in range(row_start, row_end, BLOCK_N):
+        rows = start + tl.arange(0, BLOCK_N)
+        r_ok = rows < row_end
+        if HAS_MASK:
+            r_ok = r_ok & (tl.load(mask_ptr + rows, mask=r_ok, other=0) != 0)
+        v = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xn + col_off, mask=r_ok[:, None] & c_ok[None, :],
+                    other=0.0).to(tl.float32)
+        sums += tl.sum(v, axis=0)
+        nonfinite = (v != v) | (tl.abs(v) == float("inf"))
+        row_bad = tl.sum(nonfinite.to(tl.int32), axis=1) > 0
+        tl.atomic_max(flag_ptr + rows, tl.full((BLOCK_N,), 1, tl.int32), mask=row_bad, sem="relaxed")
+    tl.atomic_add(colsum_ptr + cols, sums.to(tl.float64), mask=c_ok, sem="relaxed")
 
-    Heuristic, not autotuned: autotuning would re-run an accumulating kernel and add XᵀX several times.
-    """
-    if device.type != "cuda":  # interpreter: few, large programs keep numpy overhead down
-        return 32, 32, 1, max(n, 1), 4
-    block_d, block_n = 128, 32
-    tiles = math.ceil(d / block_d) * (math.ceil(d / block_d) + 1) // 2
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    splits = max(1, min(math.ceil(2 * sms / tiles), math.ceil(n / 512)))
-    rows_per_split = math.ceil(math.ceil(n / splits) / block_n) * block_n
-    splits = math.ceil(n / rows_per_split) if n else 1
-    return block_d, block_n, splits, rows_per_split, 8
+
+def syrk_config(d: int, device: torch.device) -> tuple[int, int, int, int]:
+    """(BLOCK_D, BLOCK_N, num_warps, num_stages) for feature dimension d."""
+    if device.type != "cuda":
+        return INTERPRETER_BLOCK, INTERPRETER_BLOCK, 4, 1
+    return SYRK_CONFIGS["wide" if d > 128 else "narrow"]
+
+
+# Resident programs per SM of each compiled SYRK variant, learnt from its first launch: key -> count.
+_PROGRAMS_PER_SM: dict[tuple, int] = {}
+_TILE_PAIRS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def programs_per_sm(compiled, num_warps: int, device: torch.device) -> int:
+    """How many programs of a compiled kernel fit on one SM at once (registers, shared memory, threads)."""
+    props = torch.cuda.get_device_properties(device)
+    threads = 32 * num_warps
+    limits = [props.max_threads_per_multi_processor // threads]
+    regs = getattr(compiled, "n_regs", 0) or 0
+    if regs:
+        limits.append(props.regs_per_multiprocessor // (regs * threads))
+    shared = getattr(getattr(compiled, "metadata", None), "shared", 0) or 0
+    if shared:
+        limits.append(props.shared_memory_per_multiprocessor // shared)
+    return max(1, min(limits))
+
+
+def split_count(tiles: int, n: int, block_n: int, slots: int) -> int:
+    """Row splits so that tiles · splits programs fill whole waves of ``slots`` resident programs: the fewest
+    splits within 5% of full waves, each split keeping at least four row blocks."""
+    most = max(1, min(64, n // (4 * block_n)))
+
+    def idle(splits: int) -> float:
+        programs = tiles * splits
+        return math.ceil(programs / slots) * slots / programs - 1
+
+    good = [s for s in range(1, most + 1) if idle(s) <= 0.05]
+    return good[0] if good else min(range(1, most + 1), key=lambda s: (idle(s), s))
+
+
+def tile_pairs(tiles: int, device: torch.device) -> torch.Tensor:
+    """The (i, j) index pairs of the upper-triangle tiles (i <= j), int32, on device (cached)."""
+    key = (tiles, str(device))
+    if key not in _TILE_PAIRS:
+        i, j = torch.triu_indices(tiles, tiles)
+        _TILE_PAIRS[key] = torch.stack([i, j], dim=1).to(device=device, dtype=torch.int32).contiguous()
+    return _TILE_PAIRS[key]
 
 
 def cov_accumulate_triton(
@@ -96,20 +157,48 @@ def cov_accumulate_triton(
     n, d = x.shape
     if n == 0:
         return
-    block_d, block_n, splits, rows_per_split, num_warps = _launch_shape(n, d, x.device)
+    block_d, block_n, num_warps, num_stages = syrk_config(d, x.device)
+    precision = fp32_precision() if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit input
+    tiles = triton.cdiv(d, block_d)
+    pairs = tile_pairs(tiles, x.device)
+    key = (block_d, block_n, num_warps, num_stages, x.dtype, gram.dtype, row_mask is not None, precision,
+           str(x.device))
+    if x.device.type == "cuda":
+        slots = torch.cuda.get_device_properties(x.device).multi_processor_count * _PROGRAMS_PER_SM.get(key, 1)
+    else:
+        slots = len(pairs)  # the interpreter runs programs one by one: one split
+    splits = split_count(len(pairs), n, block_n, slots)
+    rows_per_split = triton.cdiv(triton.cdiv(n, splits), block_n) * block_n
+    splits = triton.cdiv(n, rows_per_split)
     flags = torch.zeros(n, dtype=torch.int32, device=x.device)
     mask = row_mask.contiguous() if row_mask is not None else flags  # any pointer; unused without HAS_MASK
-    tiles = triton.cdiv(d, block_d)
+    if x.device.type == "cuda":  # up to 64 row slices: enough programs to stream X at full bandwidth
+        block_c, block_cn, colsum_warps = COLSUM_CONFIG
+        colsum_rows = triton.cdiv(triton.cdiv(n, 64), block_cn) * block_cn
+    else:
+        block_c, block_cn, colsum_warps, colsum_rows = INTERPRETER_BLOCK, INTERPRETER_BLOCK, 4, n
     with device_of(x):
-        _cov_syrk_kernel[(tiles, tiles, splits)](
-            x, mask, gram, colsum, flags,
+        compiled = _cov_syrk_kernel[(len(pairs), splits)](
+            x, mask, gram, pairs,
             n, d, rows_per_split,
             x.stride(0), x.stride(1),
             HAS_MASK=row_mask is not None,
             ACC_FP64=gram.dtype == torch.float64,
-            INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+            INPUT_PRECISION=precision,
             BLOCK_D=block_d,
             BLOCK_N=block_n,
             num_warps=num_warps,
+            num_stages=num_stages,
         )
+        _colsum_kernel[(triton.cdiv(d, block_c), triton.cdiv(n, colsum_rows))](
+            x, mask, colsum, flags,
+            n, d, colsum_rows,
+            x.stride(0), x.stride(1),
+            HAS_MASK=row_mask is not None,
+            BLOCK_C=block_c,
+            BLOCK_N=block_cn,
+            num_warps=colsum_warps,
+        )
+    if x.device.type == "cuda" and key not in _PROGRAMS_PER_SM:
+        _PROGRAMS_PER_SM[key] = programs_per_sm(compiled, num_warps, x.device)
     nonfinite_rows += flags.sum()
