@@ -19,7 +19,7 @@ class ExtensionInfo:
         return (op, dispatch_key) in self.kernels
 
 
-NATIVE_OPS = ("cov_accumulate", "projected_linear")
+NATIVE_OPS = ("cov_accumulate",)  # projected_linear: reference (cuBLAS) or Triton, see csrc/ops.cpp
 
 
 def _load() -> ExtensionInfo:

@@ -10,8 +10,8 @@ from rmtkd_kernels.backends.registry import Backend, register
 from rmtkd_kernels.extension import EXTENSION, NATIVE_OPS
 
 INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-# The CUDA kernels form every product in fp32 (float shared memory and registers), float64 input too: they
-# would round it, so the cuda backend does not take float64 (the reference runs it exactly).
+# The CUDA kernel forms every product on fp32 tensor cores: float64 input would be rounded, so the cuda backend
+# does not take it (the reference runs it exactly).
 CUDA_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 

@@ -133,7 +133,7 @@ def test_doctor_reports_the_trials_and_stores_the_decisions_the_ops_then_use(tun
         lines = list(report(torch.device("cpu"), problems=[problem]))
     text = "\n".join(lines)
     assert "backend cache: " + str(tuner.disk_cache(torch.device("cpu")).path) in text
-    assert "rmtkd_kernels._C has no CPU kernel for projected_linear" in text or "not built" in text
+    assert "the cpu backend has no kernel for projected_linear" in text
     trial_rows = [line.split() for line in lines if line.startswith("  projected_linear ")]
     assert {row[3] for row in trial_rows} >= {"reference", "wrong", "raising"}
     assert all(row[4] == "FAILED" for row in trial_rows if row[3] in ("wrong", "raising"))

@@ -113,10 +113,10 @@ def test_native_build_matches_expectation():
     assert EXTENSION.has_kernel("cov_accumulate", "CPU")
     assert EXTENSION.with_cuda == (expected == "cuda")
     if expected == "cuda":
-        assert EXTENSION.has_kernel("cov_accumulate", "CUDA") and EXTENSION.has_kernel("projected_linear", "CUDA")
+        assert EXTENSION.has_kernel("cov_accumulate", "CUDA")
         binary = Path(rmtkd_kernels._C.__file__).read_bytes()
         assert b".nv_fatbin" in binary, "no device code section in the extension"
-        for kernel in (b"cov_syrk_kernel", b"projected_linear_kernel"):
+        for kernel in (b"cov_syrk_kernel", b"colsum_kernel"):
             assert kernel in binary, f"{kernel.decode()} missing from the extension"
 
 
@@ -186,12 +186,13 @@ def test_a_new_backend_is_one_record_and_one_registration(scratch_registry):
 
 
 @pytest.mark.skipif(not EXTENSION.has_kernel("cov_accumulate", "CUDA"), reason="no CUDA kernels in this build")
-def test_the_cuda_kernels_refuse_float64_they_would_round():
-    """They form every product in fp32: float64 input would lose its precision, so that backend refuses it (the
-    reference, chosen automatically, runs it exactly)."""
+def test_the_cuda_kernel_refuses_float64_it_would_round():
+    """It forms every product on fp32 tensor cores: float64 input would lose its precision, so that backend refuses
+    it (the reference runs it exactly). There is no native projected_linear, and the backend says so."""
     from rmtkd_kernels.backends import unsupported_reasons
 
     probe = torch.empty(0, 0, dtype=torch.float64, device="meta")
-    for op in ("cov_accumulate", "projected_linear"):
-        assert any("takes float32/float16/bfloat16, not torch.float64" in reason
-                   for reason in unsupported_reasons("cuda", op, probe, "cuda"))
+    assert any("takes float32/float16/bfloat16, not torch.float64" in reason
+               for reason in unsupported_reasons("cuda", "cov_accumulate", probe, "cuda"))
+    assert any("has no kernel for projected_linear" in reason
+               for reason in unsupported_reasons("cuda", "projected_linear", probe.float(), "cuda"))
