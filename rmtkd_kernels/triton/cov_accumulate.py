@@ -15,6 +15,7 @@ register and shared-memory use after the first launch).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -23,8 +24,11 @@ import triton.language as tl
 
 from rmtkd_kernels.triton.launch import device_of, fp32_precision
 
-# (BLOCK_D, BLOCK_N, num_warps, num_stages) the launcher picks from, by d; the static checks compile each.
-SYRK_CONFIGS = {"wide": (128, 32, 8, 3), "narrow": (64, 64, 4, 3)}
+# (BLOCK_D, BLOCK_N, num_warps, num_stages) the launcher picks from, by input width and d; the static checks
+# compile each (row-major, column-major, d without a factor of 16). fp32 operands take twice the registers and
+# shared memory (and tf32x3 three products): smaller tiles, the largest without spills on sm_80 and sm_90
+# (benchmarks/results/static/).
+SYRK_CONFIGS = {"16bit-wide": (128, 32, 8, 3), "16bit-narrow": (64, 64, 4, 3), "fp32": (64, 32, 8, 3)}
 COLSUM_CONFIG = (128, 64, 4)  # BLOCK_C, BLOCK_N, num_warps
 INTERPRETER_BLOCK = 32  # few, large programs keep the interpreter's numpy overhead down
 
@@ -35,7 +39,6 @@ def _cov_syrk_kernel(
     n, d, rows_per_split,
     stride_xn, stride_xd,
     HAS_MASK: tl.constexpr,
-    ACC_FP64: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -44,29 +47,40 @@ def _cov_syrk_kernel(
     tile_j = tl.load(pairs_ptr + 2 * tl.program_id(0) + 1)
     row_start = tl.program_id(1) * rows_per_split
     row_end = tl.minimum(row_start + rows_per_split, n)
-    cols_i = tile_i * BLOCK_D + tl.arange(0, BLOCK_D)
-    cols_j = tile_j * BLOCK_D + tl.arange(0, BLOCK_D)
-    # Offsets in int64: a column-major x with 10⁶ rows has stride_xd = 10⁶, and col · stride passes 2³¹.
-    col_off_i = cols_i[None, :].to(tl.int64) * stride_xd
-    col_off_j = cols_j[None, :].to(tl.int64) * stride_xd
-    ci_ok = cols_i < d
-    cj_ok = cols_j < d
+    # Block pointers: bounds checked against (n, d) without materialising 2-D offset and mask tensors (the
+    # registers they would take are what tiles this large cannot spare). rows_per_split is a multiple of
+    # BLOCK_N, so no step reads into the next split's rows.
+    # Their offsets and strides are 64-bit: col · stride_xd may pass 2³¹ for a column-major x.
+    a_blocks = tl.make_block_ptr(x_ptr, shape=(n, d), strides=(stride_xn, stride_xd),
+                                 offsets=(row_start, tile_i * BLOCK_D), block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
+    b_blocks = tl.make_block_ptr(x_ptr, shape=(n, d), strides=(stride_xn, stride_xd),
+                                 offsets=(row_start, tile_j * BLOCK_D), block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
     acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
     for start in range(row_start, row_end, BLOCK_N):
-        rows = start + tl.arange(0, BLOCK_N)
-        r_ok = rows < row_end
+        a = tl.load(a_blocks, boundary_check=(0, 1), padding_option="zero")
+        b = tl.load(b_blocks, boundary_check=(0, 1), padding_option="zero")
         if HAS_MASK:
-            r_ok = r_ok & (tl.load(mask_ptr + rows, mask=r_ok, other=0) != 0)
-        row_off = rows[:, None].to(tl.int64) * stride_xn
-        a = tl.load(x_ptr + row_off + col_off_i, mask=r_ok[:, None] & ci_ok[None, :], other=0.0)
-        b = tl.load(x_ptr + row_off + col_off_j, mask=r_ok[:, None] & cj_ok[None, :], other=0.0)
+            rows = start + tl.arange(0, BLOCK_N)
+            keep = tl.load(mask_ptr + rows, mask=rows < row_end, other=0) != 0
+            a = tl.where(keep[:, None], a, tl.zeros_like(a))  # both: a masked-out row may hold NaN
+            b = tl.where(keep[:, None], b, tl.zeros_like(b))
         acc = tl.dot(tl.trans(a), b, acc, input_precision=INPUT_PRECISION)
-    out_ptrs = gram_ptr + cols_i[:, None].to(tl.int64) * d + cols_j[None, :]
-    out_ok = ci_ok[:, None] & cj_ok[None, :]
-    if ACC_FP64:
-        tl.atomic_add(out_ptrs, acc.to(tl.float64), mask=out_ok, sem="relaxed")
-    else:
-        tl.atomic_add(out_ptrs, acc, mask=out_ok, sem="relaxed")
+        a_blocks = tl.advance(a_blocks, (BLOCK_N, 0))
+        b_blocks = tl.advance(b_blocks, (BLOCK_N, 0))
+    # Epilogue in two halves (even and odd columns): a whole tile converted to float64 at once, with its 64-bit
+    # addresses, would need twice the registers of the fp32 tile.
+    cols_i = tile_i * BLOCK_D + tl.arange(0, BLOCK_D)
+    cols_even = tile_j * BLOCK_D + 2 * tl.arange(0, BLOCK_D // 2)
+    even, odd = tl.split(tl.reshape(acc, (BLOCK_D, BLOCK_D // 2, 2)))
+    rows_ptr = gram_ptr + cols_i[:, None].to(tl.int64) * d
+    ci_ok = cols_i[:, None] < d
+    cols_odd = cols_even + 1
+    out_type = gram_ptr.dtype.element_ty
+    # "+ 0.0" gives the interpreter a fresh array: its atomic_add misreads the strided view tl.split returns.
+    tl.atomic_add(rows_ptr + cols_even[None, :], even.to(out_type) + 0.0, mask=ci_ok & (cols_even[None, :] < d),
+                  sem="relaxed")
+    tl.atomic_add(rows_ptr + cols_odd[None, :], odd.to(out_type) + 0.0, mask=ci_ok & (cols_odd[None, :] < d),
+                  sem="relaxed")
 
 
 @triton.jit
@@ -99,11 +113,13 @@ def _colsum_kernel(
     tl.atomic_add(colsum_ptr + cols, sums.to(tl.float64), mask=c_ok, sem="relaxed")
 
 
-def syrk_config(d: int, device: torch.device) -> tuple[int, int, int, int]:
-    """(BLOCK_D, BLOCK_N, num_warps, num_stages) for feature dimension d."""
-    if device.type != "cuda":
+def syrk_config(x: torch.Tensor) -> tuple[int, int, int, int]:
+    """(BLOCK_D, BLOCK_N, num_warps, num_stages) for x (n, d): by its dtype and width."""
+    if x.device.type != "cuda":
         return INTERPRETER_BLOCK, INTERPRETER_BLOCK, 4, 1
-    return SYRK_CONFIGS["wide" if d > 128 else "narrow"]
+    if x.dtype == torch.float32:
+        return SYRK_CONFIGS["fp32"]
+    return SYRK_CONFIGS["16bit-narrow" if x.shape[1] <= 128 else "16bit-wide"]
 
 
 # Resident programs per SM of each compiled SYRK variant, learnt from its first launch: key -> count.
@@ -157,7 +173,7 @@ def cov_accumulate_triton(
     n, d = x.shape
     if n == 0:
         return
-    block_d, block_n, num_warps, num_stages = syrk_config(d, x.device)
+    block_d, block_n, num_warps, num_stages = syrk_config(x)
     precision = fp32_precision() if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit input
     tiles = triton.cdiv(d, block_d)
     pairs = tile_pairs(tiles, x.device)
@@ -177,13 +193,15 @@ def cov_accumulate_triton(
         colsum_rows = triton.cdiv(triton.cdiv(n, 64), block_cn) * block_cn
     else:
         block_c, block_cn, colsum_warps, colsum_rows = INTERPRETER_BLOCK, INTERPRETER_BLOCK, 4, n
-    with device_of(x):
+    with device_of(x), warnings.catch_warnings():
+        # Block pointers are deprecated in Triton 3.8 in favour of tensor descriptors, which Triton 3.6 (still
+        # supported here) lowers only on sm_90; the block pointers compile on both and on sm_80.
+        warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
         compiled = _cov_syrk_kernel[(len(pairs), splits)](
             x, mask, gram, pairs,
             n, d, rows_per_split,
             x.stride(0), x.stride(1),
             HAS_MASK=row_mask is not None,
-            ACC_FP64=gram.dtype == torch.float64,
             INPUT_PRECISION=precision,
             BLOCK_D=block_d,
             BLOCK_N=block_n,

@@ -23,8 +23,9 @@ import triton.language as tl
 from rmtkd_kernels.triton.launch import device_of, fp32_precision
 
 MAX_K = 256  # the intermediate (BLOCK_M × k) lives in registers
-# (BLOCK_M, BLOCK_D, BLOCK_O, num_warps, num_stages) the launcher picks from, by row count.
-CONFIGS = {"few-rows": (16, 64, 64, 4, 3), "many-rows": (64, 64, 64, 8, 2)}
+# (BLOCK_M, BLOCK_D, BLOCK_O, num_warps, num_stages) the launcher picks from, by input width and row count. fp32
+# tiles are the largest that keep a 256-wide intermediate without spills on sm_80 and sm_90.
+CONFIGS = {"16bit-few-rows": (16, 64, 64, 4, 3), "16bit-many-rows": (64, 64, 64, 8, 2), "fp32": (16, 32, 32, 4, 2)}
 FEW_ROWS = 64
 INTERPRETER_CONFIG = (16, 32, 32, 4, 1)
 
@@ -84,11 +85,13 @@ def k_padded(k: int) -> int:
     return max(16, triton.next_power_of_2(k))
 
 
-def launch_config(m: int, device: torch.device) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_D, BLOCK_O, num_warps, num_stages) for m rows."""
+def launch_config(m: int, dtype: torch.dtype, device: torch.device) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_D, BLOCK_O, num_warps, num_stages) for m rows of dtype."""
     if device.type != "cuda":
         return INTERPRETER_CONFIG
-    return CONFIGS["few-rows" if m <= FEW_ROWS else "many-rows"]
+    if dtype == torch.float32:
+        return CONFIGS["fp32"]
+    return CONFIGS["16bit-few-rows" if m <= FEW_ROWS else "16bit-many-rows"]
 
 
 def d_splits(row_blocks: int, d_in: int, block_d: int, device: torch.device) -> int:
@@ -113,7 +116,7 @@ def projected_linear_triton(
     y = torch.empty((m, d_out), dtype=x.dtype, device=x.device)
     if m == 0:
         return y
-    block_m, block_d, block_o, num_warps, num_stages = launch_config(m, x.device)
+    block_m, block_d, block_o, num_warps, num_stages = launch_config(m, x.dtype, x.device)
     row_blocks = triton.cdiv(m, block_m)
     splits = d_splits(row_blocks, d_in, block_d, x.device)
     d_per_split = triton.cdiv(triton.cdiv(d_in, splits), block_d) * block_d

@@ -1,0 +1,80 @@
+"""Static GPU checks (benchmarks/static_gpu.py), no GPU needed: every Triton configuration the launchers can pick
+compiles for sm_80 and sm_90 without spills, on tensor cores where the rules require them, with unfenced fp64
+atomics; the CUDA kernels of the built extension likewise (HMMA on both architectures)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rmtkd_kernels.extension import EXTENSION
+
+pytest.importorskip("triton")
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "static_gpu.py"
+
+
+@pytest.fixture(scope="module")
+def static_gpu():
+    spec = importlib.util.spec_from_file_location("static_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["static_gpu"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    ptxas, cuobjdump = module._triton_tools()
+    if not (ptxas.exists() and cuobjdump.exists()):
+        pytest.skip("this Triton ships no ptxas/cuobjdump (a build without the NVIDIA backend)")
+    return module
+
+
+@pytest.fixture(scope="module")
+def table(static_gpu, tmp_path_factory):
+    """The script's rows, from a run in a process of its own (the tests run Triton under the interpreter, which
+    cannot compile ahead of time)."""
+    out = tmp_path_factory.mktemp("static")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(out / "cache")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], capture_output=True, text=True,
+                          env=env, timeout=1200)
+    rows = [static_gpu.Row(**row) for row in json.loads((out / "static.json").read_text())]
+    return done, rows
+
+
+def test_every_triton_configuration_compiles_for_sm80_and_sm90_within_the_rules(static_gpu, table):
+    done, rows = table
+    triton_rows = [r for r in rows if not r.kernel.startswith("cuda ")]
+    assert {r.arch for r in triton_rows} == {80, 90}
+    assert {r.kernel.split("-")[0] for r in triton_rows} == {"cov_syrk", "colsum", "projected_linear"}
+    broken = [f"{r.kernel} sm_{r.arch}: {'; '.join(static_gpu.violations(r))}" for r in rows
+              if static_gpu.violations(r)]
+    assert not broken, "\n".join(broken)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for r in triton_rows:
+        if r.tensor_cores_required:  # HMMA on sm_80, HGMMA (wgmma) or HMMA on sm_90
+            assert r.tensor_core_instructions > 0, r.kernel
+        if r.kernel.startswith("cov_syrk") and "acc64" in r.kernel:
+            assert r.fp64_atomics > 0, r.kernel  # the counts are really read from the SASS
+
+
+@pytest.mark.skipif(not EXTENSION.with_cuda, reason="the extension was built without CUDA kernels (no nvcc)")
+def test_cuda_kernels_of_the_built_extension_within_the_rules(static_gpu, table):
+    _, rows = table
+    syrk = [r for r in rows if r.kernel.startswith("cuda cov_syrk_kernel")]
+    assert {(r.kernel, r.arch) for r in syrk} == {
+        (f"cuda cov_syrk_kernel<{x},{acc}>", arch)
+        for x in ("bf16", "fp16", "fp32") for acc in ("fp32", "fp64") for arch in (80, 90)}
+    assert all(not static_gpu.violations(r) and r.tensor_core_instructions > 0 for r in syrk)
+
+
+def test_the_rules_catch_what_they_are_for(static_gpu):
+    """A row with spills, no tensor cores or a fenced atomic breaks the rules: the checks above can fail."""
+    row = static_gpu.Row("k", 80, ok=True, regs=255, spill_bytes=8, tensor_cores_required=True, fenced_atomics=1)
+    problems = static_gpu.violations(row)
+    assert any("spills 8 bytes" in p for p in problems)
+    assert any("no tensor-core" in p for p in problems) and any("fenced" in p for p in problems)
+    assert static_gpu.ptx_fenced_fp64_atomics("atom.global.acq_rel.gpu.add.f64 %fd1, [%rd1], %fd2;") == 1
+    assert static_gpu.ptx_fenced_fp64_atomics("red.global.relaxed.gpu.add.f64 [%rd1], %fd2;") == 0
+    assert static_gpu.sass_counts("MEMBAR.SC.GPU ;\nMEMBAR.ALL.CTA ;")["membar"] == 1
