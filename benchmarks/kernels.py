@@ -68,13 +68,15 @@ def bench_cov(device: torch.device, quick: bool, roof: dict[str, float]) -> list
         bad = torch.zeros((), dtype=torch.int64, device=device)
         candidates: dict[str, Callable[[int], object]] = {
             "baseline: acc64 += (x.T @ x).double()": lambda i: gram64.add_((xs[i % sets].T @ xs[i % sets]).double()),
-            "baseline: acc32 += mm(x.T, x, fp32 out)": lambda i: gram32.add_(_gemm_fp32_out(xs[i % sets].T, xs[i % sets])),
+            "baseline: acc32 += mm(x.T, x, fp32 out), colsum += x.sum(0)": lambda i: (
+                gram32.add_(_gemm_fp32_out(xs[i % sets].T, xs[i % sets])), colsum.add_(xs[i % sets].sum(0))),
         }
         if dtype == torch.float32:
             candidates["baseline: acc32.addmm_(x.T, x)"] = lambda i: gram32.addmm_(xs[i % sets].T, xs[i % sets])
         for backend in timed_backends("cov_accumulate", device, dtype):
             candidates[f"cov_accumulate[{backend}] -> float64"] = (
                 lambda i, b=backend: cov_accumulate(xs[i % sets], gram64, colsum, bad, backend=b))
+        candidates["cov_accumulate (auto) -> float64"] = lambda i: cov_accumulate(xs[i % sets], gram64, colsum, bad)
         times = {name: median_seconds(fn, device, min_time) for name, fn in candidates.items()}
         full_flops = 2 * n * d * d  # what a full GEMM does to produce the same Gram matrix
         min_bytes = n * d * xs[0].element_size() + d * (d + 1) // 2 * 8 * 2  # read X, read+write the triangle
@@ -164,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     cov = bench_cov(device, args.quick, roof)
     proj = bench_projected(device, args.quick, roof)
     cov_cols = ["d", "n", "dtype", "candidate", "ms", "effective_TFLOPs", "GBs", "roofline_fraction",
-                "x_vs_acc64 += (x.T @ x).double()", "x_vs_acc32 += mm(x.T, x, fp32 out)", "x_vs_acc32.addmm_(x.T, x)"]
+                "x_vs_acc64 += (x.T @ x).double()", "x_vs_acc32 += mm(x.T, x, fp32 out), colsum += x.sum(0)",
+                "x_vs_acc32.addmm_(x.T, x)"]
     proj_cols = ["rows", "d_in", "k", "d_out", "dtype", "candidate", "ms", "TFLOPs", "GBs", "roofline_fraction",
                  "x_vs_two_linears"]
     info = machine_info(device)
