@@ -3,8 +3,9 @@
 // For each block of B columns starting at i0 it computes X[:, i0:i0+B]^T X[:, i0:] with one fp32 GEMM, so
 // only the upper block triangle is multiplied: (T + 1) / (2 T) of the full GEMM's FLOPs for T blocks. Each
 // fp32 partial (written into one scratch buffer reused by every panel: fresh megabyte allocations fault their
-// pages in each time) is added into the accumulator's dtype. Column sums are a BLAS matrix-vector product with a
-// vector of ones (fp32; half the time of a reduction over rows here), added into float64. The NaN/Inf row count is
+// pages in each time) is added into the accumulator's dtype. Column sums are fp32 partials too (torch's cascade
+// sum: a BLAS product with a vector of ones is twice as fast here but sums sequentially, 50x less accurate over a
+// chunk with a large mean; a float64-converting sum costs 10x more) added into float64. The NaN/Inf row count is
 // computed only when those sums show a non-finite value, so the check costs d comparisons, not a pass over X.
 // Block width: GEMMs narrower than ~192 columns lose BLAS efficiency faster than they save FLOPs (measured
 // with benchmarks/kernels.py on 2 AMD EPYC cores: 128 -> 133 GFLOP/s, 384 -> 175, full 1536 -> 200).
@@ -26,7 +27,7 @@ void cov_accumulate_cpu(const at::Tensor& x, at::Tensor& gram, at::Tensor& colsu
   if (row_mask.has_value()) {
     xp = at::where(row_mask->unsqueeze(1), xp, at::zeros({}, xp.options()));
   }
-  at::Tensor sums = at::mv(xp.t(), at::ones({xp.size(0)}, xp.options())).to(at::kDouble);
+  at::Tensor sums = xp.sum(0).to(at::kDouble);
   colsum.add_(sums);
   if (!sums.isfinite().all().item<bool>()) {
     at::Tensor bad = x.isfinite().all(1).logical_not();
