@@ -1,6 +1,7 @@
-"""Static GPU checks (benchmarks/static_gpu.py), no GPU needed: every Triton configuration the launchers can pick
-compiles for sm_80 and sm_90 without spills, on tensor cores where the rules require them, with unfenced fp64
-atomics; the CUDA kernels of the built extension likewise (HMMA on both architectures)."""
+"""scripts/gpu-check.sh in its CPU form (--smoke), and the static GPU checks it runs (benchmarks/static_gpu.py, no GPU
+needed): every Triton configuration the launchers can pick compiles for sm_80 and sm_90 without spills, on tensor
+cores where the rules require them, with unfenced fp64 atomics; the CUDA kernels of the built extension likewise
+(HMMA on both architectures)."""
 from __future__ import annotations
 
 import importlib.util
@@ -15,7 +16,9 @@ import pytest
 from rmtkd_kernels.extension import EXTENSION
 
 pytest.importorskip("triton")
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "static_gpu.py"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "static_gpu.py"
+STEPS = ("environment", "build", "doctor", "static", "tests", "sanitizer", "kernel-benchmarks", "compress-end-to-end")
 
 
 @pytest.fixture(scope="module")
@@ -31,27 +34,46 @@ def static_gpu():
 
 
 @pytest.fixture(scope="module")
-def table(static_gpu, tmp_path_factory):
-    """The script's rows, from a run in a process of its own (the tests run Triton under the interpreter, which
-    cannot compile ahead of time)."""
-    out = tmp_path_factory.mktemp("static")
+def gpu_check(static_gpu, tmp_path_factory):
+    """A smoke run of scripts/gpu-check.sh (its own processes: the tests run Triton under the interpreter, which
+    cannot compile ahead of time): (exit status, summary text, output folder)."""
+    out = tmp_path_factory.mktemp("gpu-check")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(out / "cache")
-    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], capture_output=True, text=True,
-                          env=env, timeout=1200)
-    rows = [static_gpu.Row(**row) for row in json.loads((out / "static.json").read_text())]
-    return done, rows
+    env.update(TRITON_CACHE_DIR=str(out / "cache"), PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check.sh"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=1800)
+    return done, (out / "summary.md").read_text(), out
+
+
+@pytest.fixture(scope="module")
+def table(static_gpu, gpu_check):
+    """The static checks' rows and their process's outcome (the static step of the smoke run)."""
+    _, summary, out = gpu_check
+    rows = [static_gpu.Row(**row) for row in json.loads((out / "static" / "static.json").read_text())]
+    static_row = next(line for line in summary.splitlines() if line.startswith("| static |"))
+    return static_row, rows
+
+
+def test_gpu_check_smoke_runs_every_step_and_records_each(gpu_check):
+    done, summary, out = gpu_check
+    assert done.returncode == 0, summary + done.stderr[-2000:]
+    statuses = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in summary.splitlines()
+                if line.startswith("| ") and not line.startswith("| step")}
+    assert tuple(statuses) == STEPS
+    assert all(status == "ok" or status.startswith("skipped: smoke mode") for status in statuses.values()), statuses
+    assert statuses["doctor"] == statuses["tests"] == statuses["kernel-benchmarks"] == "ok"
+    assert (out / "cpu-quick" / "kernels.json").exists() and "torch" in (out / "logs" / "environment.log").read_text()
 
 
 def test_every_triton_configuration_compiles_for_sm80_and_sm90_within_the_rules(static_gpu, table):
-    done, rows = table
+    static_row, rows = table
     triton_rows = [r for r in rows if not r.kernel.startswith("cuda ")]
     assert {r.arch for r in triton_rows} == {80, 90}
     assert {r.kernel.split("-")[0] for r in triton_rows} == {"cov_syrk", "colsum", "projected_linear"}
     broken = [f"{r.kernel} sm_{r.arch}: {'; '.join(static_gpu.violations(r))}" for r in rows
               if static_gpu.violations(r)]
     assert not broken, "\n".join(broken)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| ok |" in static_row, static_row  # the script exits non-zero when a rule is broken
     for r in triton_rows:
         if r.tensor_cores_required:  # HMMA on sm_80, HGMMA (wgmma) or HMMA on sm_90
             assert r.tensor_core_instructions > 0, r.kernel
