@@ -10,13 +10,14 @@ two-matmul layer's own time at batch 1 on CPU). The op accepts "reference" too, 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import torch
 from torch import Tensor
 
 from rmtkd_kernels import reference
 from rmtkd_kernels.backends import choose_backend, get_backend
+from rmtkd_kernels.backends.registry import is_forced, report_failure
 from rmtkd_kernels.validation import check_cov_args, check_projected_linear_args
 
 
@@ -55,8 +56,28 @@ def cov_accumulate(
     name = choose_backend("cov_accumulate", x, backend)
     if name == "reference":
         reference.cov_accumulate_ref(x, gram, colsum, nonfinite_rows, row_mask)
-    else:
-        torch.ops.rmtkd.cov_accumulate(x, gram, colsum, nonfinite_rows, row_mask, name)
+        return
+    # Every kernel writes the caller's buffers only in its last launch, so one that raises has written nothing.
+    _run_or_fall_back(
+        "cov_accumulate", x, tuple(x.shape), backend, name,
+        lambda: torch.ops.rmtkd.cov_accumulate(x, gram, colsum, nonfinite_rows, row_mask, name),
+        lambda: reference.cov_accumulate_ref(x, gram, colsum, nonfinite_rows, row_mask))
+
+
+Result = TypeVar("Result")
+
+
+def _run_or_fall_back(op: str, x: Tensor, sizes: tuple[int, ...], backend: Optional[str], name: str,
+                      call: Callable[[], Result], fallback: Callable[[], Result]) -> Result:
+    """Run an automatically chosen kernel; if it raises (a compile or launch failure its trials did not meet),
+    demote it for this size bucket with one warning and run the reference instead. A forced backend raises."""
+    if torch.compiler.is_compiling() or is_forced(op, backend):
+        return call()
+    try:
+        return call()
+    except Exception as error:  # noqa: BLE001 - any failure of the kernel; the reference is always correct
+        report_failure(op, x, sizes, name, error)
+        return fallback()
 
 
 # ---------------------------------------------------------------- projected_linear
@@ -110,9 +131,12 @@ def projected_linear_unchecked(
     """:func:`projected_linear` without its argument checks, for callers whose arguments are known to fit
     (ProjectedLinear checks x against its own parameters). The full checks take ~5 µs, about a third of a
     384-wide layer's time for one row on CPU."""
-    rows = x.numel() // x.shape[-1]
-    name = choose_backend("projected_linear", x, backend, (rows, x.shape[-1], basis.shape[1], weight.shape[0]))
+    sizes = (x.numel() // x.shape[-1], x.shape[-1], basis.shape[1], weight.shape[0])
+    name = choose_backend("projected_linear", x, backend, sizes)
     if name == "reference":
         return reference.projected_linear_ref(x, basis, weight, bias)
-    y = torch.ops.rmtkd.projected_linear(x.reshape(-1, x.shape[-1]), basis, weight, bias, name)
+    y = _run_or_fall_back(
+        "projected_linear", x, sizes, backend, name,
+        lambda: torch.ops.rmtkd.projected_linear(x.reshape(-1, x.shape[-1]), basis, weight, bias, name),
+        lambda: reference.projected_linear_ref(x.reshape(-1, x.shape[-1]), basis, weight, bias))
     return y.reshape(*x.shape[:-1], weight.shape[0])

@@ -211,10 +211,21 @@ int64_t split_count(int64_t upper_tiles, int64_t n, int64_t slots) {
   return best;
 }
 
+// Column sums into scratch first, the SYRK (the only launch that writes a caller's buffer) last: a launch that
+// fails leaves the caller's accumulator untouched, so automatic choice can fall back without adding twice.
 template <typename in_t>
 void launch(const at::Tensor& x, at::Tensor& gram, at::Tensor& colsum, const at::Tensor& flags, const bool* mask,
             int sms, cudaStream_t stream) {
   const int64_t n = x.size(0), d = x.size(1);
+  at::Tensor sums = at::zeros({d}, colsum.options());
+  const int64_t colsum_splits = std::min<int64_t>(64, (n + kMinRowsPerSplit - 1) / kMinRowsPerSplit);
+  const int64_t colsum_rows = (n + colsum_splits - 1) / colsum_splits;
+  const dim3 grid(static_cast<unsigned>((d + kColsumThreads - 1) / kColsumThreads),
+                  static_cast<unsigned>((n + colsum_rows - 1) / colsum_rows));
+  colsum_kernel<in_t><<<grid, kColsumThreads, 0, stream>>>(x.data_ptr<in_t>(), mask, sums.data_ptr<double>(),
+                                                           flags.data_ptr<int>(), n, d, x.stride(0), x.stride(1),
+                                                           colsum_rows);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int tiles = static_cast<int>((d + kTile - 1) / kTile);
   const int64_t upper_tiles = int64_t(tiles) * (tiles + 1) / 2;
   AT_DISPATCH_FLOATING_TYPES(gram.scalar_type(), "cov_accumulate_cuda_acc", [&] {
@@ -230,14 +241,7 @@ void launch(const at::Tensor& x, at::Tensor& gram, at::Tensor& colsum, const at:
         tiles);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  const int64_t colsum_splits = std::min<int64_t>(64, (n + kMinRowsPerSplit - 1) / kMinRowsPerSplit);
-  const int64_t colsum_rows = (n + colsum_splits - 1) / colsum_splits;
-  const dim3 grid(static_cast<unsigned>((d + kColsumThreads - 1) / kColsumThreads),
-                  static_cast<unsigned>((n + colsum_rows - 1) / colsum_rows));
-  colsum_kernel<in_t><<<grid, kColsumThreads, 0, stream>>>(x.data_ptr<in_t>(), mask, colsum.data_ptr<double>(),
-                                                           flags.data_ptr<int>(), n, d, x.stride(0), x.stride(1),
-                                                           colsum_rows);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  colsum.add_(sums);
 }
 
 void cov_accumulate_cuda(const at::Tensor& x, at::Tensor& gram, at::Tensor& colsum, at::Tensor& nonfinite_rows,

@@ -113,6 +113,22 @@ def _parse_setting(op: str, setting: str) -> Optional[str]:
     return None
 
 
+def is_forced(op: str, backend: Optional[str]) -> bool:
+    """Whether the call's backend is forced (argument or RMTKD_BACKEND), not chosen automatically."""
+    forced = backend or _parse_setting(op, os.environ.get(ENV_VAR, ""))
+    return forced is not None and forced != "auto"
+
+
+def report_failure(op: str, x: torch.Tensor, sizes: tuple[int, ...], backend: str, error: BaseException) -> None:
+    """An automatically chosen backend raised at run time: it is demoted for this size bucket, with a warning."""
+    from rmtkd_kernels.backends.trials import Problem
+    from rmtkd_kernels.backends.tuning import TUNER
+
+    candidates = _resolve(op, x.device.type, x.dtype, None, "", os.environ.get("TRITON_INTERPRET", "0") == "1")
+    candidates = (candidates,) if isinstance(candidates, str) else candidates
+    TUNER.demote(Problem(op, tuple(int(s) for s in sizes)), x.dtype, x.device, candidates, backend, error)
+
+
 def choose_backend(op: str, x: torch.Tensor, backend: Optional[str] = None,
                    sizes: Optional[tuple[int, ...]] = None) -> str:
     """The backend that runs ``op`` for input x (n, d): the forced one (checked) or the automatic choice.

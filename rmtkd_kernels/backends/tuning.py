@@ -237,6 +237,27 @@ class Tuner:
         return {"backend": best.backend, "sizes": list(problem.trial_sizes()),
                 "outcomes": [o.as_dict() for o in outcomes]}
 
+    def demote(self, problem: Problem, dtype: torch.dtype, device: torch.device, candidates: tuple[str, ...],
+               backend: str, error: BaseException) -> None:
+        """``backend`` failed at run time after it was chosen: record it as failed for this bucket (memory and
+        disk), warn once, and choose the fastest remaining correct candidate (the reference at the latest)."""
+        key = (problem.op, str(device), dtype, problem.bucket(), candidates)
+        cache = self.disk_cache(device)
+        disk_key = _decision_key(problem, dtype, candidates)
+        with self._lock:
+            record = dict(cache.decisions.get(disk_key) or {"sizes": list(problem.trial_sizes()), "outcomes": []})
+            message = f"failed at run time: {type(error).__name__}: {error}"[:500]
+            outcomes = [o for o in record["outcomes"] if o.get("backend") != backend]
+            outcomes.append(Outcome(backend, False, error=message).as_dict())
+            correct = [o for o in outcomes if o.get("ok") and o.get("seconds") is not None]
+            record.update(outcomes=outcomes,
+                          backend=min(correct, key=lambda o: o["seconds"])["backend"] if correct else "reference")
+            self._memory[key] = record["backend"]
+            cache.store(disk_key, record)
+        warnings.warn(f"rmtkd: backend {backend!r} {message} for {problem.op} ({str(dtype).removeprefix('torch.')}, "
+                      f"sizes {problem.trial_sizes()}) on {device_name(device)}; using {record['backend']!r} for "
+                      "such calls from now on.", RuntimeWarning, stacklevel=4)
+
     def forget(self) -> None:
         """Drop the in-memory decisions and cache handles (the disk cache is read again on next use)."""
         with self._lock:

@@ -197,6 +197,19 @@ def cov_accumulate_triton(
         # Block pointers are deprecated in Triton 3.8 in favour of tensor descriptors, which Triton 3.6 (still
         # supported here) lowers only on sm_90; the block pointers compile on both and on sm_80.
         warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
+        # The column sums go to scratch first and the SYRK, the only launch that writes a caller's buffer, runs
+        # last: if either fails to compile or launch, the caller's accumulator is untouched (and automatic choice
+        # can fall back to another backend without adding anything twice).
+        sums = torch.zeros(d, dtype=torch.float64, device=x.device)
+        _colsum_kernel[(triton.cdiv(d, block_c), triton.cdiv(n, colsum_rows))](
+            x, mask, sums, flags,
+            n, d, colsum_rows,
+            x.stride(0), x.stride(1),
+            HAS_MASK=row_mask is not None,
+            BLOCK_C=block_c,
+            BLOCK_N=block_cn,
+            num_warps=colsum_warps,
+        )
         compiled = _cov_syrk_kernel[(len(pairs), splits)](
             x, mask, gram, pairs,
             n, d, rows_per_split,
@@ -208,15 +221,7 @@ def cov_accumulate_triton(
             num_warps=num_warps,
             num_stages=num_stages,
         )
-        _colsum_kernel[(triton.cdiv(d, block_c), triton.cdiv(n, colsum_rows))](
-            x, mask, colsum, flags,
-            n, d, colsum_rows,
-            x.stride(0), x.stride(1),
-            HAS_MASK=row_mask is not None,
-            BLOCK_C=block_c,
-            BLOCK_N=block_cn,
-            num_warps=colsum_warps,
-        )
+    colsum += sums
     if x.device.type == "cuda" and key not in _PROGRAMS_PER_SM:
         _PROGRAMS_PER_SM[key] = programs_per_sm(compiled, num_warps, x.device)
     nonfinite_rows += flags.sum()

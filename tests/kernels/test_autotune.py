@@ -155,3 +155,38 @@ def test_doctor_command_without_trials():
                           else [sys.executable, "-m", "rmtkd", "doctor", "--device", "nonsense"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "--device" in done.stderr
+
+
+def test_a_chosen_backend_that_fails_at_run_time_is_demoted_and_the_reference_answers(tuner, monkeypatch):
+    """Trials passed (here: faked as the fastest), then the kernel raises on a later call (say a compile failure
+    for a new specialisation): one warning, the reference's answer, the accumulator updated once, and the
+    reference is the decision from then on, on disk too."""
+    from rmtkd_kernels import reference
+    from rmtkd_kernels.backends import Backend, register
+    from rmtkd_kernels.backends.trials import Outcome
+
+    armed = []
+
+    def flaky_cov(*args):
+        if armed:
+            raise RuntimeError("PTX JIT compilation failed")
+        reference.cov_accumulate_ref(*args)
+
+    register(Backend(name="flaky", devices=frozenset({"cpu"}), dtypes=(torch.float64,),
+                     kernels={"cov_accumulate": lambda: flaky_cov}, auto_devices=frozenset({"cpu"})))
+    monkeypatch.setattr(tuning, "run_trials", lambda problem, dtype, device, names, *rest: [
+        Outcome(name, name in ("reference", "flaky"), seconds=1.0 if name == "reference" else 0.1)
+        for name in names])
+    x = torch.randn(50, 6, dtype=torch.float64)
+    assert choose_backend("cov_accumulate", x) == "flaky"
+    armed.append(True)
+    gram, colsum = torch.zeros(6, 6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)
+    bad = torch.zeros((), dtype=torch.int64)
+    with pytest.warns(RuntimeWarning, match="'flaky' failed at run time: RuntimeError: PTX JIT compilation failed"):
+        cov_accumulate(x, gram, colsum, bad)
+    torch.testing.assert_close(torch.triu(gram), torch.triu(x.T @ x), rtol=1e-12, atol=1e-12)
+    assert choose_backend("cov_accumulate", x) != "flaky"
+    tuner.forget()
+    assert choose_backend("cov_accumulate", x) != "flaky"  # the disk record says so too
+    with pytest.raises(RuntimeError, match="PTX JIT"):
+        cov_accumulate(x, gram, colsum, bad, backend="flaky")  # forced: no fallback
