@@ -24,4 +24,4 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
         for block in blocks:
             exec(compile(block, str(page), "exec"), {"__name__": "readme_example"})
     finally:
-        backends._resolve.cache_clear()
+        backends.forget_decisions()

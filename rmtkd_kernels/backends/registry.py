@@ -25,6 +25,7 @@ import torch
 
 OPS = ("cov_accumulate", "projected_linear")
 ENV_VAR = "RMTKD_BACKEND"
+AUTOTUNE_ENV = "RMTKD_AUTOTUNE"  # "0": automatic choice runs no trials and takes the reference
 Kernel = Callable[..., object]
 
 
@@ -75,7 +76,7 @@ _REGISTRY: dict[str, Backend] = {}
 def register(backend: Backend) -> Backend:
     """Add ``backend`` to the registry (replacing one of the same name) and forget earlier automatic choices."""
     _REGISTRY[backend.name] = backend
-    _resolve.cache_clear()
+    forget_decisions()
     return backend
 
 
@@ -142,18 +143,36 @@ def choose_backend(op: str, x: torch.Tensor, backend: Optional[str] = None,
     decided = resolve(op, x.device.type, x.dtype, backend, os.environ.get(ENV_VAR, ""), interpreting)
     if isinstance(decided, str):
         return decided
-    from rmtkd_kernels.backends.tuning import TUNER, autotune_enabled
-    from rmtkd_kernels.backends.trials import Problem
-
     if sizes is None:
         rows, width = (x.numel() // x.shape[-1], x.shape[-1]) if x.dim() and x.shape[-1] else (0, 0)
         sizes = (rows, width) if op == "cov_accumulate" else (rows, width, width, width)
+    tuning_on = os.environ.get(AUTOTUNE_ENV, "1") != "0"
+    key = (op, x.device, x.dtype, sizes, decided)
+    known = _DECIDED.get(key) if tuning_on and not compiling else None
+    if known is not None:
+        return known
+    from rmtkd_kernels.backends.trials import Problem
+    from rmtkd_kernels.backends.tuning import TUNER
+
     problem = Problem(op, tuple(int(s) for s in sizes))
-    if compiling or not autotune_enabled() or problem.sizes[0] == 0:
+    if compiling or not tuning_on or problem.sizes[0] == 0:
         # No trials inside a traced graph, when the user turned them off, or for an empty call.
         remembered = TUNER.lookup((op, str(x.device), x.dtype, problem.bucket(), decided)) if compiling else None
         return remembered or "reference"
-    return TUNER.choose(problem, x.dtype, x.device, decided)
+    choice = TUNER.choose(problem, x.dtype, x.device, decided)
+    if len(_DECIDED) >= 4096:  # exact sizes of calls already decided: the hot path skips the bucket arithmetic
+        _DECIDED.clear()
+    _DECIDED[key] = choice
+    return choice
+
+
+_DECIDED: dict[tuple, str] = {}
+
+
+def forget_decisions() -> None:
+    """Drop every memoised choice (after the registry or a decision changed)."""
+    _resolve.cache_clear()
+    _DECIDED.clear()
 
 
 @functools.lru_cache(maxsize=256)

@@ -14,8 +14,8 @@ with it; the rest are tried in a new child.
 The disk cache is one JSON file per device under ``$RMTKD_CACHE_DIR`` (default ``$XDG_CACHE_HOME/rmtkd``, else
 ``~/.cache/rmtkd``), holding the fingerprint it was made under: device name, driver, torch, triton and rmtkd
 versions. A file that is corrupt or has another fingerprint is ignored and rewritten, atomically.
-``RMTKD_AUTOTUNE=0`` turns the trials off (automatic choice is then the reference); ``RMTKD_TRIAL_PROCESS=1``
-or ``0`` forces trials into a child process or into this one.
+``RMTKD_AUTOTUNE=0`` (read by the registry) turns the trials off (automatic choice is then the reference);
+``RMTKD_TRIAL_PROCESS=1`` or ``0`` forces trials into a child process or into this one.
 """
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ from typing import Optional
 
 import torch
 
+from rmtkd_kernels.backends.registry import forget_decisions, get_backend
 from rmtkd_kernels.backends.trials import Outcome, Problem, run_trials
 
-AUTOTUNE_ENV, CACHE_ENV, TRIAL_PROCESS_ENV = "RMTKD_AUTOTUNE", "RMTKD_CACHE_DIR", "RMTKD_TRIAL_PROCESS"
+CACHE_ENV, TRIAL_PROCESS_ENV = "RMTKD_CACHE_DIR", "RMTKD_TRIAL_PROCESS"
 CACHE_FORMAT = 1
 TRIAL_TIMEOUT_S = 600
 
@@ -138,8 +139,6 @@ def _trials_in_child(problem: Problem, dtype: torch.dtype, device: torch.device,
                      backends: list[str]) -> list[Outcome]:
     """run_trials in child processes: a child that dies (or hangs) fails the backend it was trying, and a new
     child goes on with the rest."""
-    from rmtkd_kernels.backends.registry import get_backend
-
     modules = sorted({get_backend(name).kernels[problem.op].__module__ for name in backends})
     outcomes: list[Outcome] = []
     remaining = list(backends)
@@ -254,6 +253,7 @@ class Tuner:
                           backend=min(correct, key=lambda o: o["seconds"])["backend"] if correct else "reference")
             self._memory[key] = record["backend"]
             cache.store(disk_key, record)
+            forget_decisions()  # the registry's memo of exact sizes must not keep the demoted backend
         warnings.warn(f"rmtkd: backend {backend!r} {message} for {problem.op} ({str(dtype).removeprefix('torch.')}, "
                       f"sizes {problem.trial_sizes()}) on {device_name(device)}; using {record['backend']!r} for "
                       "such calls from now on.", RuntimeWarning, stacklevel=4)
@@ -263,10 +263,8 @@ class Tuner:
         with self._lock:
             self._memory.clear()
             self._caches.clear()
+        forget_decisions()
 
 
 TUNER = Tuner()
 
-
-def autotune_enabled() -> bool:
-    return os.environ.get(AUTOTUNE_ENV, "1") != "0"

@@ -24,13 +24,13 @@ def _register_faulty_backends() -> None:
 def tuner(monkeypatch, tmp_path):
     """A registry copy holding the faulty backends, a fresh tuner and an empty cache folder of the test's own."""
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    registry._resolve.cache_clear()
+    registry.forget_decisions()
     monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
     monkeypatch.setattr(tuning, "TUNER", tuning.Tuner())
     _register_faulty_backends()
     yield tuning.TUNER
     monkeypatch.undo()
-    registry._resolve.cache_clear()
+    registry.forget_decisions()
 
 
 def _pl_args(rows=7, d_in=12, k=5, d_out=9):
@@ -119,7 +119,7 @@ def test_sizes_in_one_bucket_share_a_decision_and_other_buckets_get_their_own(tu
 
 
 def test_turning_tuning_off_chooses_the_reference(tuner, monkeypatch):
-    monkeypatch.setenv(tuning.AUTOTUNE_ENV, "0")
+    monkeypatch.setenv(registry.AUTOTUNE_ENV, "0")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert choose_backend("projected_linear", torch.randn(3, 4)) == "reference"

@@ -151,10 +151,10 @@ def scratch_registry(monkeypatch):
     from rmtkd_kernels.backends import registry
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    registry._resolve.cache_clear()
+    registry.forget_decisions()
     yield registry
     monkeypatch.undo()
-    registry._resolve.cache_clear()
+    registry.forget_decisions()
 
 
 def test_a_new_backend_is_one_record_and_one_registration(scratch_registry):
