@@ -18,6 +18,7 @@ import torch
 
 import rmtkd_kernels
 from rmtkd.atomic import write_text_atomically
+from rmtkd.metrics import call_seconds, paired_medians  # noqa: F401 - the same timing as `rmtkd compress`
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,20 +41,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def call_seconds(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall time of one call: CUDA events on GPU, perf_counter on CPU."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
 def median_seconds(fn: Callable[[int], object], device: torch.device, min_time: float, min_reps: int = 5) -> float:
     """Median wall time of fn(i) for i = 0, 1, ... (i picks a rotating input buffer), after two warm-up calls."""
     for i in range(2):
@@ -65,27 +52,6 @@ def median_seconds(fn: Callable[[int], object], device: torch.device, min_time: 
         index = len(times)
         times.append(call_seconds(lambda: fn(index), device))
     return statistics.median(times)
-
-
-BLOCK_SECONDS = 0.1  # one block of timed calls of one candidate before the next one's block
-
-
-def paired_medians(runs: dict[str, Callable[[], object]], device: torch.device, min_time: float,
-                   min_calls: int = 5) -> dict[str, float]:
-    """Median call time of each run, timed in alternating blocks (A, B, A, B, …) until each has had ``min_time``
-    seconds, so that a slow stretch of a shared machine falls on all of them alike.
-
-    The first call of each block is not counted: it refills the caches after the other run.
-    """
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    started = time.perf_counter()
-    while min(len(t) for t in times.values()) < min_calls or time.perf_counter() - started < min_time * len(runs):
-        for name, run in runs.items():
-            run()
-            block_started = time.perf_counter()
-            while time.perf_counter() - block_started < BLOCK_SECONDS:
-                times[name].append(call_seconds(run, device))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def buffer_count(bytes_per_set: int, device: torch.device) -> int:

@@ -25,19 +25,61 @@ def forward_flops(model: nn.Module, forward: Forward, batch: dict) -> int:
     return int(counter.get_total_flops())
 
 
+BLOCK_SECONDS = 0.1  # one block of timed calls of one run before the next run's block
+
+
+def call_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call: CUDA events on GPU, perf_counter on CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def paired_times(runs: dict[str, Callable[[], object]], device: torch.device, min_time: float,
+                 min_calls: int = 5) -> dict[str, list[float]]:
+    """Seconds of every timed call of each run, timed in alternating blocks (A, B, A, B, …) until each has had
+    ``min_time`` seconds, so that a slow stretch of a shared machine falls on all of them alike.
+
+    The first call of each block is not counted: it refills the caches after the other run.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    started = time.perf_counter()
+    while min(len(t) for t in times.values()) < min_calls or time.perf_counter() - started < min_time * len(runs):
+        for name, run in runs.items():
+            run()
+            block_started = time.perf_counter()
+            while time.perf_counter() - block_started < BLOCK_SECONDS:
+                times[name].append(call_seconds(run, device))
+    return times
+
+
+def paired_medians(runs: dict[str, Callable[[], object]], device: torch.device, min_time: float,
+                   min_calls: int = 5) -> dict[str, float]:
+    """Median seconds per call of each run, from :func:`paired_times`."""
+    return {name: statistics.median(t) for name, t in paired_times(runs, device, min_time, min_calls).items()}
+
+
 @torch.no_grad()
-def latency_ms(model: nn.Module, run: Callable[[nn.Module], object], repeats: int = 30, warmup: int = 5) -> float:
-    """Median wall time of run(model) in milliseconds, after warm-up (synchronised on CUDA)."""
-    model.eval()
-    device = next(model.parameters()).device
-    times = []
-    for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        run(model)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
+def paired_latency(models: dict[str, nn.Module], run: Callable[[nn.Module], object],
+                   min_time: float = 2.0) -> dict[str, object]:
+    """Batch latency of each model, measured as the end-to-end benchmark measures it (:func:`paired_times`):
+    per model the median and quartiles in milliseconds and the number of calls, and how it was measured."""
+    for model in models.values():
+        model.eval()
+    device = next(next(iter(models.values())).parameters()).device
+    times = paired_times({name: (lambda m=model: run(m)) for name, model in models.items()}, device, min_time)
+    result: dict[str, object] = {
+        "method": f"alternating blocks of {BLOCK_SECONDS:g} s per model, >= {min_time:g} s each, median per call"}
+    for name, seconds in times.items():
+        q1, _, q3 = statistics.quantiles(seconds, n=4) if len(seconds) > 1 else (seconds[0],) * 3
+        result[name] = 1e3 * statistics.median(seconds)
+        result[f"{name}_quartiles"] = [1e3 * q1, 1e3 * q3]
+        result[f"{name}_calls"] = len(seconds)
+    return result

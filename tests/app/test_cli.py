@@ -31,9 +31,14 @@ def test_compress_end_to_end_and_resume(tmp_path, tiny_model, capsys):
     assert meta["rewrites"] == report["rewrites"] and meta["architecture"]["adapter"] == HFSequenceClassifier.name
     assert [b["method"].split(" ")[0] for b in report["baselines"]] == ["weight_svd", "activation_pca",
                                                                          "fixed_fraction_pca"]
-    assert report["latency_ms"]["original"] > 0 and report["latency_ms"]["compressed"] > 0
+    latency = report["latency_ms"]
+    assert latency["original"] > 0 and latency["compressed"] > 0
+    for name in ("original", "compressed"):  # paired alternating blocks, as benchmarks/end_to_end.py times
+        low, high = latency[f"{name}_quartiles"]
+        assert low <= latency[name] <= high and latency[f"{name}_calls"] >= 5
     terminal = capsys.readouterr().out
     assert "| RMT-KD |" in terminal and "| step | site | d | k |" in terminal
+    assert "latency speed-up:" in terminal and "alternating blocks of 0.1 s per model" in terminal
 
     # the report folder: markdown summary, one readable spectrum plot per site looked at, the trade-off plot
     sites = [site for step in report["steps"] for site in step["sites"]]

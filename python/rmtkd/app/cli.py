@@ -37,7 +37,7 @@ from rmtkd.calibration import N_EFF_RULES, PLOTS, SelectionConfig
 from rmtkd.distill import DistillConfig
 from rmtkd.distributed import Workers
 from rmtkd.loop import CHECKPOINT, LoopConfig, compress
-from rmtkd.metrics import count_parameters, forward_flops, latency_ms
+from rmtkd.metrics import count_parameters, forward_flops, paired_latency
 from rmtkd.atomic import write_text_atomically
 from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS
 
@@ -97,8 +97,8 @@ def compress_command(args: argparse.Namespace, workers: Workers) -> int:
             report["processes"] = workers.world_size
             report["latency_ms"] = {"batch": 1, "device": str(args.device),
                                     "seq_len": args.latency_seq_len if args.task != "images" else None,
-                                    "original": latency_ms(prepared.task.model, prepared.latency_probe),
-                                    "compressed": latency_ms(compressed, prepared.latency_probe)}
+                                    **paired_latency({"original": prepared.task.model, "compressed": compressed},
+                                                     prepared.latency_probe)}
             title = (f"RMT-KD: {args.arch if args.task == 'images' else model_slug(args.model)} on "
                      f"{prepared.data_name}")
             write_report(report, out, title)
@@ -156,8 +156,8 @@ def evaluate_command(args: argparse.Namespace, workers: Workers) -> int:
         "parameters": count_parameters(model),
         "flops_first_batch": forward_flops(model, adapter.forward, evaluation.batches[0]),
         "metric": metric.name, metric.name: value,
-        "latency_ms": {"batch": 1, "device": str(args.device), "median": latency_ms(model, evaluation.latency_probe),
-                       "seq_len": seq_len},
+        "latency_ms": {"batch": 1, "device": str(args.device), "seq_len": seq_len,
+                       **paired_latency({"median": model}, evaluation.latency_probe)},
     }
     if args.json:
         print(json.dumps(result, indent=2))

@@ -51,7 +51,11 @@ def model_table(report: dict[str, Any]) -> str:
                      f"{flops} | {metric_text(report, row[metric_name(report)])} | "
                      f"{'—' if ms is None else f'{ms:.2f}'} |")
     if latency:
-        lines.append(f"\nlatency speed-up: {latency['original'] / latency['compressed']:.2f}x")
+        speedup = latency["original"] / latency["compressed"]
+        spread = "".join(f", {name} quartiles {q[0]:.2f}–{q[1]:.2f} ms over {latency[f'{name}_calls']} calls"
+                         for name in ("original", "compressed") if (q := latency.get(f"{name}_quartiles")))
+        how = f" ({latency['method']}{spread})" if latency.get("method") else ""
+        lines.append(f"\nlatency speed-up: {speedup:.2f}x{how}")
     return "\n".join(lines)
 
 
