@@ -40,7 +40,8 @@ class LoopConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     target_reduction: Optional[float] = None  # stop once total parameters fell by this fraction
-    max_metric_drop: Optional[float] = None  # roll back a step whose metric is this much worse than the original's
+    # Roll back a step whose metric on the task's validation batches is this much worse than the original's.
+    max_metric_drop: Optional[float] = None
     granularity: str = "site"  # "site" or "block" (the adapter's block_of groups sites)
     seed: int = 0
 
@@ -56,13 +57,19 @@ class LoopConfig:
 
 @dataclass
 class Task:
-    """A model, its adapter and its data, as the loop needs them. Batches are dicts of tensors."""
+    """A model, its adapter and its data, as the loop needs them. Batches are dicts of tensors.
+
+    The loop decides only on ``validation_batches`` (held-out training data, disjoint from the calibration and
+    distillation data): they are needed when a decision is asked for (``max_metric_drop``). ``eval_batches`` are
+    only measured and reported, never steered on.
+    """
 
     adapter: ModelAdapter
     model: nn.Module
     train_batches: Callable[[int], Iterable[dict]]  # seed -> training batches for distillation
     calibration_batches: list[dict]
     eval_batches: list[dict]
+    validation_batches: list[dict] = field(default_factory=list)
 
 
 def _step_groups(sites: list[Site], task: Task, granularity: str) -> list[list[Site]]:
@@ -121,11 +128,19 @@ def _resumed(out_dir: Path, task: Task, fingerprint: str,
     return workers.broadcast_module(model), state
 
 
-def _check_shards(task: Task) -> None:
-    """Every process needs data of its own to calibrate and evaluate on."""
-    for name in ("calibration_batches", "eval_batches"):
+def _check_data(task: Task, config: LoopConfig) -> None:
+    """Every process needs data of its own to calibrate and evaluate on, and validation data where it decides."""
+    needed = ("calibration_batches", "eval_batches") + (("validation_batches",) if _decides(config) else ())
+    for name in needed:
         if len(getattr(task, name)) == 0:
-            raise ValueError(f"task.{name}: this process's share of the data is empty; give every process some")
+            why = (" (max_metric_drop decides on held-out training data, never on the evaluation data)"
+                   if name == "validation_batches" else "")
+            raise ValueError(f"task.{name}: this process's share of the data is empty{why}; give every process some")
+
+
+def _decides(config: LoopConfig) -> bool:
+    """Whether the loop makes decisions on measured metrics (and so needs validation data)."""
+    return config.max_metric_drop is not None
 
 
 def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
@@ -143,7 +158,7 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
     say = log if workers.is_main else (lambda message: None)
     fingerprint = config.fingerprint()
     workers.agree(fingerprint, "settings (the loop's fingerprint)")
-    workers.together(lambda: _check_shards(task))
+    workers.together(lambda: _check_data(task, config))
     if workers.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     resumed = _resumed(out_dir, task, fingerprint, workers)
@@ -159,10 +174,14 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
             "original": workers.broadcast({"parameters": original_params, metric: _evaluate(model, task, workers),
                                            "flops": _flops(model, task)}),  # rank 0's FLOPs (its first batch)
         }
+        if _decides(config):
+            state["original"][f"validation_{metric}"] = _evaluate(model, task, workers, task.validation_batches)
         say(f"original: {original_params:,} parameters, {metric} {state['original'][metric]:.4f}")
     else:
         model, state = resumed
         say(f"resuming after step {state['next_step']} of {len(groups)} from {out_dir / CHECKPOINT}")
+        if _decides(config) and f"validation_{metric}" not in state["original"]:  # a checkpoint from before
+            state["original"][f"validation_{metric}"] = _evaluate(original, task, workers, task.validation_batches)
     target = None if config.target_reduction is None else original_params * (1 - config.target_reduction)
     for index in range(state["next_step"], len(groups)):
         if target is not None and count_parameters(model) <= target:
@@ -239,10 +258,14 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
     after = _evaluate(model, task, workers)
     record.update({f"{metric.name}_projected": projected, f"{metric.name}_after": after,
                    "parameters_after": count_parameters(model), "flops_after": _flops(model, task)})
-    worse = metric.worsening(state["original"][metric.name], after)
-    if config.max_metric_drop is not None and worse > config.max_metric_drop:
-        return _rolled_back(record, teacher, f"rolled back: {metric.name} worse by {worse:.4f} than the original's, "
-                            f"beyond the budget {config.max_metric_drop:.4f}", started, params_before)
+    if _decides(config):  # on the validation slice: the evaluation data is only reported
+        validation = record[f"validation_{metric.name}_after"] = _evaluate(model, task, workers,
+                                                                         task.validation_batches)
+        worse = metric.worsening(state["original"][f"validation_{metric.name}"], validation)
+        if worse > config.max_metric_drop:
+            return _rolled_back(record, teacher, f"rolled back: validation {metric.name} worse by {worse:.4f} than "
+                                f"the original's, beyond the budget {config.max_metric_drop:.4f}", started,
+                                params_before)
     state["rewrites"].extend(r.to_dict() for r in rewrites)
     record.update(outcome="kept", seconds=time.perf_counter() - started)
     return model, record
@@ -272,9 +295,9 @@ def _one_rewrite_per_module(candidates: list[Candidate]) -> list[Candidate]:
     return [candidate for candidate in candidates if id(candidate) in kept_ids]
 
 
-def _evaluate(model: nn.Module, task: Task, workers: Workers) -> float:
-    """The metric over every rank's evaluation shard."""
-    total, count = workers.sum(task.adapter.evaluation_sums(model, task.eval_batches))
+def _evaluate(model: nn.Module, task: Task, workers: Workers, batches: Optional[list[dict]] = None) -> float:
+    """The metric over every rank's shard of ``batches`` (default: the evaluation data)."""
+    total, count = workers.sum(task.adapter.evaluation_sums(model, task.eval_batches if batches is None else batches))
     return task.adapter.metric.value(total, count)
 
 
@@ -300,6 +323,8 @@ def _final_report(model: nn.Module, task: Task, state: dict[str, Any], workers: 
     params = count_parameters(model)
     original, metric = state["original"], task.adapter.metric
     final = {"parameters": params, metric.name: _evaluate(model, task, workers), "flops": _flops(model, task)}
+    if f"validation_{metric.name}" in original:
+        final[f"validation_{metric.name}"] = _evaluate(model, task, workers, task.validation_batches)
     return {
         "metric": asdict(metric),
         "original": original, "final": final,

@@ -175,3 +175,15 @@ def test_spectrum_and_evaluate_of_an_image_model_folder(tmp_path, capsys):
         expected = (model(images[:200]).argmax(-1) == labels[:200]).float().mean().item()
     assert result["examples"] == 200 and result["accuracy"] == pytest.approx(expected)
     assert result["parameters"] == sum(p.numel() for p in model.parameters()) and not result["compressed_by_rmtkd"]
+
+
+def test_the_validation_slice_is_disjoint_from_calibration_training_and_evaluation():
+    """Decisions are made on held-out training rows: never a calibration or training row, never --eval."""
+    from rmtkd.app.tasks.base import Settings, split_train
+
+    calib, valid, fit = split_train(1000, Settings(max_metric_drop=0.01, train_samples=700))
+    assert len(calib) == 100 and len(valid) == 100 and len(fit) == 700
+    assert not (set(calib) & set(valid) or set(calib) & set(fit) or set(valid) & set(fit))
+    assert split_train(1000, Settings(train_samples=700))[1] == []  # no decision: nothing held out
+    calib_again, _, fit_again = split_train(1000, Settings(train_samples=700))
+    assert calib_again == calib  # the calibration rows do not move when a validation slice is carved

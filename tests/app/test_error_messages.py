@@ -117,6 +117,8 @@ def cases(root: Path, bert: Path, decoder: Path, model_folder: Path) -> list[tup
         ("evaluation labels the training data lacks", command(*compress, *data[:2], "--eval",
                                                               str(root / "unseen.tsv"))),
         ("τ without the noise rule that uses it", command(*compress, *data, "--tau", "0.6")),
+        ("a metric budget with no validation slice to decide on", command(*compress, *data, "--max-metric-drop",
+                                                                          "0.01", "--validation-samples", "0")),
         ("a model folder of a type no adapter knows", command(*compress[:2], str(root / "t5"),
                                                              *compress[3:], *data)),
         ("a `--task` that does not match the model", command("compress", "--task", "lm", "--model", str(bert),

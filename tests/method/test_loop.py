@@ -129,12 +129,41 @@ def test_resume_after_crash_reaches_the_same_weights(tmp_path):
 
 def test_accuracy_budget_rolls_back_every_step(tmp_path):
     task = trained_task()
+    task.validation_batches = make_batches(2, seed=99)
     before = count_parameters(task.model)
     strict = LoopConfig(selection=CONFIG.selection, distill=CONFIG.distill, max_metric_drop=-1.0)
     _, report = compress(task, strict, tmp_path, log=lambda message: None)
     assert report["final"]["parameters"] == before and report["rewrites"] == []
-    assert all(s["outcome"].startswith("rolled back: accuracy worse by") for s in report["steps"]
+    assert all(s["outcome"].startswith("rolled back: validation accuracy worse by") for s in report["steps"]
                if s["outcome"] != "nothing to compress")
+    assert "validation_accuracy" in report["original"] and "validation_accuracy" in report["final"]
+
+
+def test_decisions_are_made_on_the_validation_slice_never_on_the_evaluation_data(tmp_path, monkeypatch):
+    """A budget the validation data meets and the evaluation data would not: nothing is rolled back; and a
+    decision without validation data is refused, naming it."""
+    import rmtkd.loop as loop
+
+    task = trained_task()
+    task.validation_batches = make_batches(2, seed=99)
+    seen = []
+    real = loop._evaluate
+
+    def evaluate(model, task_, workers, batches=None):
+        if batches is task_.validation_batches:
+            seen.append("validation")
+            return 0.9  # the validation data sees no change at all
+        seen.append("eval")
+        value = real(model, task_, workers, batches)
+        return value if seen.count("eval") == 1 else value - 0.5  # after the original, eval looks far worse
+    monkeypatch.setattr(loop, "_evaluate", evaluate)
+    budget = LoopConfig(selection=CONFIG.selection, distill=CONFIG.distill, max_metric_drop=0.01)
+    _, report = compress(task, budget, tmp_path / "a", log=lambda message: None)
+    assert report["rewrites"] and not any(s["outcome"].startswith("rolled back") for s in report["steps"])
+    assert "validation" in seen and "eval" in seen
+    task.validation_batches = []
+    with pytest.raises(ValueError, match="task.validation_batches: .*empty .*never on the evaluation data"):
+        compress(task, budget, tmp_path / "b", log=lambda message: None)
 
 
 def test_diverging_distillation_is_rolled_back(tmp_path):

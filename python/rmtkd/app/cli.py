@@ -247,6 +247,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration-samples", type=int, default=None,
                    help="calibration examples (lm: sequences), apart from the training ones; default: 10%% of "
                         "the training set")
+    c.add_argument("--validation-samples", type=int, default=None,
+                   help="training examples held out for the run's decisions (--max-metric-drop), apart from the "
+                        "calibration and training ones; default: 10%% of the training set when a decision needs "
+                        "them, else none. --eval is only reported, never decided on")
     c.add_argument("--no-fine-tune", action="store_true", help="text: --model already has its trained head")
     c.add_argument("--teacher-epochs", type=int, default=1)
     c.add_argument("--teacher-lr", type=float, default=None, help="default: 5e-5 (text), 2e-3 (images)")
@@ -261,8 +265,9 @@ def parser() -> argparse.ArgumentParser:
                         "over the processes, for a student whose training does not fit one device)"),
     c.add_argument("--target-reduction", type=float, default=None, help="stop at this fraction fewer parameters")
     c.add_argument("--max-metric-drop", "--max-accuracy-drop", type=float, default=None,
-                   help="roll back a step that leaves the metric worse than the original's by more than this "
-                        "(accuracy: a fraction, 0.01 = 1 point; perplexity: in perplexity)")
+                   help="roll back a step that leaves the metric on the validation slice (--validation-samples) "
+                        "worse than the original's by more than this (accuracy: a fraction, 0.01 = 1 point; "
+                        "perplexity: in perplexity)")
     c.add_argument("--granularity", choices=("site", "block"), default="block")
     c.add_argument("--baselines", action="store_true",
                    help="also run weight SVD, activation PCA and fixed-fraction PCA at RMT-KD's size")

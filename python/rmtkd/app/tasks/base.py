@@ -41,6 +41,8 @@ class Settings:
     seed: int = 0
     train_samples: int = 20000
     calibration_samples: Optional[int] = None
+    validation_samples: Optional[int] = None
+    max_metric_drop: Optional[float] = None
     no_fine_tune: bool = False
     teacher_epochs: int = 1
     teacher_lr: Optional[float] = None
@@ -123,7 +125,8 @@ def sharded(task: Task, workers: Workers) -> Task:
     return Task(adapter=task.adapter, model=task.model,
                 train_batches=lambda step: workers.shard(task.train_batches(step)),
                 calibration_batches=workers.shard(task.calibration_batches),
-                eval_batches=workers.shard(task.eval_batches))
+                eval_batches=workers.shard(task.eval_batches),
+                validation_batches=workers.shard(task.validation_batches))
 
 
 TASKS: dict[str, CommandTask] = {}
@@ -134,11 +137,23 @@ def register_task(task: CommandTask) -> CommandTask:
     return task
 
 
-def split_train(count: int, calibration: int, train: int, seed: int) -> tuple[list[int], list[int]]:
-    """Disjoint (calibration, training) index subsets of a training set of ``count`` rows."""
-    if calibration < 2 or count - calibration < 1:
+def split_train(count: int, settings: Settings) -> tuple[list[int], list[int], list[int]]:
+    """Disjoint (calibration, validation, training) index subsets of a training set of ``count`` rows.
+
+    Calibration: --calibration-samples (default a tenth). Validation, the data the run's decisions are made on
+    (--max-metric-drop): --validation-samples (default a tenth where a decision needs it, else none). Training
+    (the teacher's fine-tuning and distillation): up to --train-samples of the rest."""
+    calibration = settings.calibration_samples or count // 10
+    validation = settings.validation_samples
+    if validation is None:
+        validation = count // 10 if settings.max_metric_drop is not None else 0
+    if settings.max_metric_drop is not None and validation < 1:
+        raise ValueError("--validation-samples: --max-metric-drop decides on a validation slice of the training "
+                         "data (never on --eval); give it at least 1 example")
+    if calibration < 2 or count - calibration - validation < 1:
         raise ValueError(f"--calibration-samples: {count} training rows are too few for {calibration} calibration "
-                         "samples and a training set")
+                         f"samples{f', {validation} validation samples' if validation else ''} and a training set")
     order = list(range(count))
-    random.Random(seed).shuffle(order)
-    return order[:calibration], order[calibration:calibration + train]
+    random.Random(settings.seed).shuffle(order)
+    rest = calibration + validation
+    return order[:calibration], order[calibration:rest], order[rest:rest + settings.train_samples]

@@ -65,8 +65,7 @@ class ImageClassification(CommandTask):
     def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress, workers: Workers) -> Prepared:
         images, labels = load_fashion_mnist("train")
         test_images, eval_batches = test_set(settings.eval_samples)
-        calib, fit = split_train(len(images), settings.calibration_samples or len(images) // 10,
-                                 settings.train_samples, settings.seed)
+        calib, valid, fit = split_train(len(images), settings)
         fit_images, fit_labels = images[fit], labels[fit]
         loaded = teacher_everywhere(workers, lambda: self.teacher(settings, fit_images, fit_labels, out, log, progress),
                                     lambda: self.teacher_structure(settings))
@@ -77,6 +76,7 @@ class ImageClassification(CommandTask):
                                                                             * workers.world_size],
             calibration_batches=batches(images[calib], labels[calib], 256),
             eval_batches=eval_batches,
+            validation_batches=batches(images[valid], labels[valid], 256),
         )
         return Prepared(sharded(task, workers), "fashion-mnist", latency_probe(test_images))
 

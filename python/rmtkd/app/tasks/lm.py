@@ -66,11 +66,10 @@ class LanguageModelling(CommandTask):
         loaded = teacher_everywhere(workers, lambda: self._model(settings), lambda: self._model(settings))
         adapter, model = loaded.adapter, loaded.model.to(settings.device).eval()
         chunks = adapter.token_chunks(train_texts, settings.max_len, settings.train or "the BBC News training split")
-        calib, fit = split_train(len(chunks), settings.calibration_samples or len(chunks) // 10,
-                                 settings.train_samples, settings.seed)
+        calib, valid, fit = split_train(len(chunks), settings)
         fit_chunks = chunks[fit]
         log(f"{name}: {len(chunks):,} training sequences of {settings.max_len} tokens ({len(calib):,} for "
-            f"calibration, {len(fit):,} for distillation)")
+            f"calibration, {f'{len(valid):,} for validation, ' if valid else ''}{len(fit):,} for distillation)")
         task = Task(
             adapter=adapter, model=model,
             train_batches=lambda step: adapter.chunk_batches(fit_chunks, settings.batch_size,
@@ -78,6 +77,7 @@ class LanguageModelling(CommandTask):
                                                              limit=settings.distill_steps * workers.world_size),
             calibration_batches=adapter.chunk_batches(chunks[calib], settings.batch_size),
             eval_batches=adapter.chunk_batches(self._eval_chunks(adapter, eval_texts, settings), settings.batch_size),
+            validation_batches=adapter.chunk_batches(chunks[valid], settings.batch_size),
         )
         return Prepared(sharded(task, workers), name, latency_probe(adapter, eval_texts, settings.latency_seq_len))
 

@@ -126,8 +126,7 @@ class TextClassification(CommandTask):
         if unseen:
             raise ValueError(f"eval: labels {unseen[:5]} do not occur in the training data "
                              f"(classes: {sorted(set(data.train_labels))[:10]})")
-        calib, fit = split_train(len(data.train_texts), settings.calibration_samples or len(data.train_texts) // 10,
-                                 settings.train_samples, settings.seed)
+        calib, valid, fit = split_train(len(data.train_texts), settings)
         loaded = teacher_everywhere(workers, lambda: self.teacher(settings, data, fit, out, log, progress),
                                     lambda: self.teacher_structure(settings, classes))
         adapter, model = loaded.adapter, loaded.model.to(settings.device).eval()
@@ -141,6 +140,8 @@ class TextClassification(CommandTask):
             calibration_batches=adapter.batches([data.train_texts[i] for i in calib], None, settings.batch_size,
                                                 settings.max_len),
             eval_batches=self._eval_batches(adapter, model, data.eval_texts, data.eval_labels, settings),
+            validation_batches=self._eval_batches(adapter, model, [data.train_texts[i] for i in valid],
+                                                  [data.train_labels[i] for i in valid], settings),
         )
         return Prepared(sharded(task, workers), data.name,
                         latency_probe(adapter, data.eval_texts[0], settings.latency_seq_len))
