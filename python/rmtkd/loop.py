@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,15 +45,24 @@ class LoopConfig:
     max_metric_drop: Optional[float] = None
     granularity: str = "site"  # "site" or "block" (the adapter's block_of groups sites)
     seed: int = 0
+    # After the loop: distill the compressed model against the original model (not the previous step's), to
+    # recover what the cuts lost together. None: no recovery pass (the paper's loop).
+    recovery: Optional[DistillConfig] = None
 
     def __post_init__(self) -> None:
         if self.granularity not in ("site", "block"):
             raise ValueError(f"granularity: expected 'site' or 'block', got {self.granularity!r}")
         if self.target_reduction is not None and not 0 < self.target_reduction < 1:
             raise ValueError(f"target_reduction: expected a fraction in (0, 1), got {self.target_reduction!r}")
+        if self.recovery is not None and self.recovery.steps < 1:
+            raise ValueError(f"recovery: a recovery pass needs at least 1 step, got {self.recovery.steps} (leave "
+                             "recovery unset for none)")
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        settings = asdict(self)
+        if settings["recovery"] is None:  # runs without a recovery pass keep the fingerprint they had before it
+            del settings["recovery"]
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -199,6 +209,11 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
             f"{record.get(f'{metric}_after', float('nan')):.4f}")
     else:
         state.setdefault("stopped", "every site tried")
+    if config.recovery is not None and state["rewrites"] and "recovery" not in state:
+        model = _recover(model, task, config, state, len(groups), progress, say, workers)
+        if workers.is_main:
+            _save(out_dir / CHECKPOINT, model, task, state, extra={"loop": state})
+        workers.barrier()
     report = workers.broadcast(_final_report(model, task, state, workers))
     if workers.is_main:
         write_text_atomically(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
@@ -271,6 +286,37 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
     return model, record
 
 
+def _recover(model: nn.Module, task: Task, config: LoopConfig, state: dict[str, Any], steps_done: int, progress,
+             say: Callable[[str], None], workers: Workers) -> nn.Module:
+    """The recovery pass: distill the compressed model against the original, on fresh shuffles of the training
+    data; recorded in ``state["recovery"]`` (metric before and after, losses). A diverging pass is undone."""
+    started = time.perf_counter()
+    metric = task.adapter.metric.name
+    before = _evaluate(model, task, workers)
+    kept = copy.deepcopy(model)
+    teacher = copy.deepcopy(task.model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    batches = itertools.chain.from_iterable(task.train_batches(steps_done + 1 + epoch)
+                                            for epoch in itertools.count())
+    record: dict[str, Any] = {"steps": config.recovery.steps, f"{metric}_before": before}
+    torch.manual_seed(config.seed * 100_003 + steps_done + 1)
+    try:
+        record["distillation"] = distill(model, teacher, batches, task.adapter, config.recovery,
+                                         progress=lambda it, total: progress(it, total, "recovering"),
+                                         workers=workers)
+    except NonFiniteLoss as error:
+        model, record["outcome"] = kept, f"undone: {error}"
+    else:
+        record["outcome"] = "kept"
+    record[f"{metric}_after"] = _evaluate(model, task, workers)
+    record["seconds"] = time.perf_counter() - started
+    state["recovery"] = workers.broadcast(record)
+    say(f"recovery pass against the original ({config.recovery.steps} steps): {record['outcome']}, {metric} "
+        f"{before:.4f} -> {record[f'{metric}_after']:.4f}")
+    return model
+
+
 Candidate = tuple[Site, SubspaceSelection, dict[str, Any]]  # a site that would save parameters, with its decision
 
 
@@ -331,4 +377,5 @@ def _final_report(model: nn.Module, task: Task, state: dict[str, Any], workers: 
         "parameter_reduction": 1 - params / original["parameters"],
         f"{metric.name}_change": final[metric.name] - original[metric.name],
         "stopped": state.get("stopped"), "steps": state["steps"], "rewrites": state["rewrites"],
+        "recovery": state.get("recovery"),
     }

@@ -225,3 +225,32 @@ def test_a_module_claimed_by_both_its_sides_is_rewritten_by_the_larger_saving():
         assert loser[2]["action"] == (f"skipped: out is projected on its {winner_side} side, which saves more "
                                       f"parameters ({savings[0]:,} against {savings[1]:,})")
         assert "action" not in winner[2] and "action" not in qkv[2]
+
+
+def test_recovery_pass_distills_against_the_original_once(tmp_path, monkeypatch):
+    """After the loop, the compressed model is distilled against the original (not the last step's model); the
+    pass is recorded, checkpointed, and not repeated on resume; a zero budget is refused."""
+    import rmtkd.loop as loop
+
+    task = trained_task()
+    teachers = []
+    real = loop.distill
+
+    def spying(student, teacher, *args, **kwargs):
+        teachers.append(teacher)
+        return real(student, teacher, *args, **kwargs)
+    monkeypatch.setattr(loop, "distill", spying)
+    config = LoopConfig(selection=CONFIG.selection, distill=CONFIG.distill,
+                        recovery=DistillConfig(steps=6, lr=1e-3))
+    model, report = compress(task, config, tmp_path, log=lambda message: None)
+    recovery = report["recovery"]
+    assert recovery["steps"] == 6 and recovery["outcome"] == "kept"
+    assert recovery["distillation"]["steps"] == 6 and recovery["accuracy_after"] == report["final"]["accuracy"]
+    last = teachers[-1]  # the recovery pass's teacher holds the original's weights
+    assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), task.model.state_dict().values()))
+    calls = len(teachers)
+    messages = []
+    _, again = compress(trained_task(), config, tmp_path, log=messages.append)
+    assert len(teachers) == calls and again["recovery"] == recovery  # resumed: nothing redone
+    with pytest.raises(ValueError, match="recovery: a recovery pass needs at least 1 step, got 0"):
+        LoopConfig(recovery=DistillConfig(steps=0))

@@ -68,12 +68,18 @@ def selection_config(args: argparse.Namespace) -> SelectionConfig:
 
 
 def loop_config(args: argparse.Namespace) -> LoopConfig:
+    if args.recovery_steps < 0:
+        raise ValueError(f"--recovery-steps: expected 0 (no recovery pass) or a number of batches, got "
+                         f"{args.recovery_steps}")
     return LoopConfig(
         selection=selection_config(args),
         distill=DistillConfig(alpha=args.kd_alpha, temperature=args.temperature, steps=args.distill_steps,
                               lr=args.distill_lr, sharding=args.distill_sharding),
         target_reduction=args.target_reduction, max_metric_drop=args.max_metric_drop,
         granularity=args.granularity, seed=args.seed,
+        recovery=None if not args.recovery_steps else DistillConfig(
+            alpha=args.kd_alpha, temperature=args.temperature, steps=args.recovery_steps,
+            lr=args.recovery_lr or args.distill_lr, sharding=args.distill_sharding),
     )
 
 
@@ -260,6 +266,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--distill-steps", type=int, default=20,
                    help="distillation batches per step (the default keeps the default run under 10 CPU minutes)")
     c.add_argument("--distill-lr", type=float, default=5e-5)
+    c.add_argument("--recovery-steps", type=int, default=0,
+                   help="after the loop, distill the compressed model against the original for this many batches "
+                        "(0: no recovery pass, the paper's loop)")
+    c.add_argument("--recovery-lr", type=float, default=None, help="learning rate of the recovery pass "
+                                                                   "(default: --distill-lr)")
     c.add_argument("--distill-sharding", choices=("ddp", "fsdp"), default="ddp",
                    help="under torchrun: DistributedDataParallel, or FSDP2 (gradients and optimizer state sharded "
                         "over the processes, for a student whose training does not fit one device)"),

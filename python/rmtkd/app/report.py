@@ -50,6 +50,12 @@ def model_table(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {row['parameters']:,} | {100 * _reduction(row['parameters'], original):.1f}% | "
                      f"{flops} | {metric_text(report, row[metric_name(report)])} | "
                      f"{'—' if ms is None else f'{ms:.2f}'} |")
+    recovery = report.get("recovery")
+    if recovery:
+        name = metric_name(report)
+        lines.append(f"\nrecovery pass against the original ({recovery['steps']} batches, {recovery['outcome']}): "
+                     f"{name} {metric_text(report, recovery[f'{name}_before'])} → "
+                     f"{metric_text(report, recovery[f'{name}_after'])}")
     if latency:
         speedup = latency["original"] / latency["compressed"]
         spread = "".join(f", {name} quartiles {q[0]:.2f}–{q[1]:.2f} ms over {latency[f'{name}_calls']} calls"

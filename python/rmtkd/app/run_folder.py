@@ -156,7 +156,7 @@ def claimed_output_folder(out: Path, args: argparse.Namespace, log: Callable[[st
         manifest = manifest or Manifest(out, {})
         settings = vars_for_run(args)
         previous = _previous_settings(out)
-        if any(name != RUN_FILE for name in visible) and previous != settings:
+        if any(name != RUN_FILE for name in visible) and not _same_run(previous, settings):
             if not args.overwrite:
                 changed = sorted(k for k in set(settings) | set(previous or {})
                                  if (previous or {}).get(k) != settings.get(k))
@@ -170,6 +170,14 @@ def claimed_output_folder(out: Path, args: argparse.Namespace, log: Callable[[st
         with announcing_writes(manifest.record):
             write_text_atomically(out / RUN_FILE, json.dumps(settings, indent=2) + "\n")
             yield
+
+
+def _same_run(previous: dict | None, settings: dict) -> bool:
+    """Whether a folder's run.json describes a run with these settings. An option the run.json does not name
+    (added in a later rmtkd) matches when it is off (None, 0, False), so such runs still resume."""
+    if previous is None or set(previous) - set(settings):
+        return False
+    return all(previous[k] == v if k in previous else v in (None, 0, False) for k, v in settings.items())
 
 
 def _previous_settings(out: Path) -> dict | None:
