@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from rmtkd_kernels.backends.trials import call_seconds
+
 Forward = Callable[[nn.Module, dict], torch.Tensor]
 
 
@@ -26,20 +28,6 @@ def forward_flops(model: nn.Module, forward: Forward, batch: dict) -> int:
 
 
 BLOCK_SECONDS = 0.1  # one block of timed calls of one run before the next run's block
-
-
-def call_seconds(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall time of one call: CUDA events on GPU, perf_counter on CPU."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def paired_times(runs: dict[str, Callable[[], object]], device: torch.device, min_time: float,

@@ -86,38 +86,31 @@ class _CovTrial:
         kept = self.x.double() * self.mask[:, None]
         self.oracle = (torch.triu(kept.T @ kept), kept.sum(0))
 
-    def run(self, kernel: Callable) -> tuple:
-        d = self.x.shape[1]
-        gram = torch.zeros(d, d, dtype=torch.float64, device=self.x.device)
-        colsum = torch.zeros(d, dtype=torch.float64, device=self.x.device)
-        bad = torch.zeros((), dtype=torch.int64, device=self.x.device)
-        kernel(self.x, gram, colsum, bad, self.mask)
+    def _outputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Zeroed scratch accumulators (gram, colsum, NaN/Inf row count) for one run."""
+        d, device = self.x.shape[1], self.x.device
+        return (torch.zeros(d, d, dtype=torch.float64, device=device),
+                torch.zeros(d, dtype=torch.float64, device=device), torch.zeros((), dtype=torch.int64, device=device))
+
+    def run(self, kernel: Callable, x: torch.Tensor) -> tuple:
+        gram, colsum, bad = self._outputs()
+        kernel(x, gram, colsum, bad, self.mask)
         return torch.triu(gram), colsum, bad
 
     def error(self, kernel: Callable) -> float:
-        """The relative error of gram and colsum; raises when the NaN row is not counted exactly once."""
-        gram, colsum, bad = self.run(kernel)
+        """The relative error of gram and colsum; raises when NaN/Inf rows are miscounted (none in the finite
+        input, exactly one in its copy with a NaN)."""
+        gram, colsum, bad = self.run(kernel, self.x)
         if int(bad) != 0:
             raise AssertionError(f"counted {int(bad)} NaN/Inf rows in finite input")
-        _, _, bad_nan = self._nan_run(kernel)
+        bad_nan = self.run(kernel, self.x_nan)[2]
         if int(bad_nan) != 1:
             raise AssertionError(f"counted {int(bad_nan)} NaN/Inf rows where exactly 1 row holds a NaN")
         return max(_relative_error(gram, self.oracle[0]), _relative_error(colsum, self.oracle[1]))
 
-    def _nan_run(self, kernel: Callable) -> tuple:
-        d = self.x.shape[1]
-        gram = torch.zeros(d, d, dtype=torch.float64, device=self.x.device)
-        colsum = torch.zeros(d, dtype=torch.float64, device=self.x.device)
-        bad = torch.zeros((), dtype=torch.int64, device=self.x.device)
-        kernel(self.x_nan, gram, colsum, bad, self.mask)
-        return gram, colsum, bad
-
     def timed_call(self, kernel: Callable) -> Callable[[], None]:
-        d = self.x.shape[1]
-        gram = torch.zeros(d, d, dtype=torch.float64, device=self.x.device)
-        colsum = torch.zeros(d, dtype=torch.float64, device=self.x.device)
-        bad = torch.zeros((), dtype=torch.int64, device=self.x.device)
-        return lambda: kernel(self.x, gram, colsum, bad, None)
+        outputs = self._outputs()
+        return lambda: kernel(self.x, *outputs, None)
 
 
 class _ProjectedLinearTrial:
@@ -142,24 +135,25 @@ class _ProjectedLinearTrial:
 TRIALS = {"cov_accumulate": _CovTrial, "projected_linear": _ProjectedLinearTrial}
 
 
+def call_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call: CUDA events on a GPU (what the GPU spent), the wall clock on the CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
 def _median_seconds(call: Callable[[], None], device: torch.device) -> float:
-    """Median time of one call after warm-up: CUDA events on a GPU, the wall clock on the CPU."""
+    """Median time of one call after warm-up."""
     for _ in range(WARMUP):
         call()
-    times = []
-    for _ in range(REPEATS):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            began = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    return statistics.median(call_seconds(call, device) for _ in range(REPEATS))
 
 
 def run_trials(problem: Problem, dtype: torch.dtype, device: torch.device, backends: list[str],
