@@ -13,9 +13,9 @@ from typing import Iterator, Optional
 import torch
 
 from rmtkd_kernels.backends import OPS, backend_names, unsupported_reasons
-from rmtkd_kernels.backends.registry import _resolve
+from rmtkd_kernels.backends.registry import auto_candidates
 from rmtkd_kernels.backends.trials import Problem
-from rmtkd_kernels.backends.tuning import TUNER, _decision_key, fingerprint
+from rmtkd_kernels.backends.tuning import TUNER, decision_key, fingerprint
 from rmtkd_kernels.extension import EXTENSION
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -60,11 +60,9 @@ def trial_lines(device: torch.device, problems: list[Problem]) -> Iterator[str]:
     yield f"  {'op':17s} {'dtype':9s} {'sizes':22s} {'backend':10s} {'result':8s} {'time':>10s} {'rel. error':>10s}"
     for problem in problems:
         for dtype in DTYPES:
-            probe = torch.empty(0, 0, dtype=dtype, device="meta")
-            candidates = _resolve.__wrapped__(problem.op, device.type, probe.dtype, None, "", False)
-            candidates = (candidates,) if isinstance(candidates, str) else candidates
+            candidates = auto_candidates(problem.op, device.type, dtype)
             record = TUNER.tune(problem, dtype, device, candidates)
-            TUNER.disk_cache(device).store(_decision_key(problem, dtype, candidates), record)
+            TUNER.disk_cache(device).store(decision_key(problem, dtype, candidates), record)
             for outcome in record["outcomes"]:
                 mark = "chosen" if outcome["backend"] == record["backend"] else ("ok" if outcome["ok"] else "FAILED")
                 seconds = f"{outcome['seconds'] * 1e6:8.1f}µs" if outcome["seconds"] is not None else ""

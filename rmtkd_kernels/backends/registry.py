@@ -120,14 +120,19 @@ def is_forced(op: str, backend: Optional[str]) -> bool:
     return forced is not None and forced != "auto"
 
 
+def auto_candidates(op: str, device: str, dtype: torch.dtype) -> tuple[str, ...]:
+    """The backends automatic choice tries for ``op`` on ``device`` tensors of ``dtype`` (the reference first)."""
+    found = _resolve(op, device, dtype, None, "", os.environ.get("TRITON_INTERPRET", "0") == "1")
+    return (found,) if isinstance(found, str) else found
+
+
 def report_failure(op: str, x: torch.Tensor, sizes: tuple[int, ...], backend: str, error: BaseException) -> None:
     """An automatically chosen backend raised at run time: it is demoted for this size bucket, with a warning."""
     from rmtkd_kernels.backends.trials import Problem
     from rmtkd_kernels.backends.tuning import TUNER
 
-    candidates = _resolve(op, x.device.type, x.dtype, None, "", os.environ.get("TRITON_INTERPRET", "0") == "1")
-    candidates = (candidates,) if isinstance(candidates, str) else candidates
-    TUNER.demote(Problem(op, tuple(int(s) for s in sizes)), x.dtype, x.device, candidates, backend, error)
+    TUNER.demote(Problem(op, tuple(int(s) for s in sizes)), x.dtype, x.device,
+                 auto_candidates(op, x.device.type, x.dtype), backend, error)
 
 
 def choose_backend(op: str, x: torch.Tensor, backend: Optional[str] = None,

@@ -90,7 +90,7 @@ def fingerprint(device: torch.device) -> dict:
             "torch": torch.__version__, "triton": _version("triton"), "rmtkd": _version("rmtkd")}
 
 
-def _decision_key(problem: Problem, dtype: torch.dtype, candidates: tuple[str, ...]) -> str:
+def decision_key(problem: Problem, dtype: torch.dtype, candidates: tuple[str, ...]) -> str:
     return f"{problem.op}|{str(dtype).removeprefix('torch.')}|{'x'.join(map(str, problem.bucket()))}|" \
            f"{','.join(candidates)}"
 
@@ -211,7 +211,7 @@ class Tuner:
     def _decide(self, problem: Problem, dtype: torch.dtype, device: torch.device,
                 candidates: tuple[str, ...]) -> dict:
         cache = self.disk_cache(device)
-        key = _decision_key(problem, dtype, candidates)
+        key = decision_key(problem, dtype, candidates)
         record = cache.decisions.get(key)
         if isinstance(record, dict) and record.get("backend") in candidates:
             return record
@@ -242,7 +242,7 @@ class Tuner:
         disk), warn once, and choose the fastest remaining correct candidate (the reference at the latest)."""
         key = (problem.op, str(device), dtype, problem.bucket(), candidates)
         cache = self.disk_cache(device)
-        disk_key = _decision_key(problem, dtype, candidates)
+        disk_key = decision_key(problem, dtype, candidates)
         with self._lock:
             record = dict(cache.decisions.get(disk_key) or {"sizes": list(problem.trial_sizes()), "outcomes": []})
             message = f"failed at run time: {type(error).__name__}: {error}"[:500]
