@@ -128,10 +128,10 @@ def auto_candidates(op: str, device: str, dtype: torch.dtype) -> tuple[str, ...]
 
 def report_failure(op: str, x: torch.Tensor, sizes: tuple[int, ...], backend: str, error: BaseException) -> None:
     """An automatically chosen backend raised at run time: it is demoted for this size bucket, with a warning."""
-    from rmtkd_kernels.backends.trials import Problem
+    from rmtkd_kernels.backends.trials import Problem, layout_of
     from rmtkd_kernels.backends.tuning import TUNER
 
-    TUNER.demote(Problem(op, tuple(int(s) for s in sizes)), x.dtype, x.device,
+    TUNER.demote(Problem(op, tuple(int(s) for s in sizes), layout_of(x)), x.dtype, x.device,
                  auto_candidates(op, x.device.type, x.dtype), backend, error)
 
 
@@ -152,19 +152,22 @@ def choose_backend(op: str, x: torch.Tensor, backend: Optional[str] = None,
         rows, width = (x.numel() // x.shape[-1], x.shape[-1]) if x.dim() and x.shape[-1] else (0, 0)
         sizes = (rows, width) if op == "cov_accumulate" else (rows, width, width, width)
     tuning_on = os.environ.get(AUTOTUNE_ENV, "1") != "0"
-    key = (op, x.device, x.dtype, sizes, decided)
-    known = _DECIDED.get(key) if tuning_on and not compiling else None
+    contiguous = x.is_contiguous()
+    key = (op, x.device, x.dtype, sizes, decided) if contiguous else None  # other layouts: not memoised here
+    known = _DECIDED.get(key) if key is not None and tuning_on and not compiling else None
     if known is not None:
         return known
-    from rmtkd_kernels.backends.trials import Problem
+    from rmtkd_kernels.backends.trials import Problem, layout_of
     from rmtkd_kernels.backends.tuning import TUNER
 
-    problem = Problem(op, tuple(int(s) for s in sizes))
+    problem = Problem(op, tuple(int(s) for s in sizes), layout_of(x))
     if compiling or not tuning_on or problem.sizes[0] == 0:
         # No trials inside a traced graph, when the user turned them off, or for an empty call.
         remembered = TUNER.lookup((op, str(x.device), x.dtype, problem.bucket(), decided)) if compiling else None
         return remembered or "reference"
     choice = TUNER.choose(problem, x.dtype, x.device, decided)
+    if key is None:
+        return choice
     if len(_DECIDED) >= 4096:  # exact sizes of calls already decided: the hot path skips the bucket arithmetic
         _DECIDED.clear()
     _DECIDED[key] = choice

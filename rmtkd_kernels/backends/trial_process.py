@@ -1,6 +1,6 @@
 """The child process that runs backend trials for ``tuning`` (an illegal address here cannot fault the parent).
 
-Reads one JSON request on stdin: op, sizes, dtype, device, the backends to try in order, and the modules that
+Reads one JSON request on stdin: op, sizes, layout, dtype, device, the backends to try in order, and the modules that
 registered them (imported first, so that backends defined outside rmtkd_kernels exist here too). Prints
 ``START <backend>`` before each trial and ``RESULT <json>`` after it, flushing each line, so that the parent
 knows which backend was running if this process dies.
@@ -21,7 +21,7 @@ def main() -> None:
     request = json.loads(sys.stdin.read())
     for module in request["modules"]:
         importlib.import_module(module)
-    problem = Problem(request["op"], tuple(request["sizes"]))
+    problem = Problem(request["op"], tuple(request["sizes"]), request["layout"])
     dtype, device = getattr(torch, request["dtype"]), torch.device(request["device"])
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -29,18 +29,42 @@ def error_floor(op: str, dtype: torch.dtype) -> float:
     return ERROR_FLOOR[dtype]
 
 
+LAYOUTS = ("row-major", "column-major", "strided")
+
+
+def layout_of(x: torch.Tensor) -> str:
+    """How x's rows are laid out: kernels are compiled per layout (a unit stride becomes a constant), so a
+    decision made on one layout says nothing about another."""
+    if x.is_contiguous():
+        return "row-major"
+    return "column-major" if x.dim() == 2 and x.stride(0) == 1 else "strided"
+
+
+def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """The values of a row-major x stored in ``layout``."""
+    if layout == "column-major":
+        return x.T.contiguous().T
+    if layout == "strided":
+        wide = torch.empty(x.shape[0], 2 * x.shape[1], dtype=x.dtype, device=x.device)
+        wide[:, ::2] = x
+        return wide[:, ::2]
+    return x
+
+
 @dataclass(frozen=True)
 class Problem:
-    """The sizes of one op call: cov_accumulate (n, d); projected_linear (rows, d_in, k, d_out)."""
+    """One op call as trials see it: its sizes (cov_accumulate (n, d); projected_linear (rows, d_in, k, d_out))
+    and its input's layout."""
 
     op: str
     sizes: tuple[int, ...]
+    layout: str = "row-major"
 
-    def bucket(self) -> tuple[int, ...]:
+    def bucket(self) -> tuple:
         """Sizes rounded up to powers of two (rows capped at 2¹⁴: past that, time grows linearly in rows and the
-        ranking of backends no longer changes); calls in one bucket share one decision."""
+        ranking of backends no longer changes), and the layout; calls in one bucket share one decision."""
         rows = min(self.sizes[0], 1 << 14)
-        return (_pow2(rows),) + tuple(_pow2(s) for s in self.sizes[1:])
+        return (_pow2(rows),) + tuple(_pow2(s) for s in self.sizes[1:]) + (self.layout,)
 
     def trial_sizes(self) -> tuple[int, ...]:
         """The sizes a trial runs at: the call's own, rows capped as in :meth:`bucket`."""
@@ -74,14 +98,14 @@ def _relative_error(got: torch.Tensor, oracle: torch.Tensor) -> float:
 class _CovTrial:
     """Scratch inputs for cov_accumulate: x with a non-zero mean, masked rows, and one NaN row to be counted."""
 
-    def __init__(self, sizes: tuple[int, ...], dtype: torch.dtype, device: torch.device, seed: int) -> None:
-        n, d = sizes
+    def __init__(self, problem: Problem, dtype: torch.dtype, device: torch.device, seed: int) -> None:
+        n, d = problem.trial_sizes()
         gen = torch.Generator(device="cpu").manual_seed(seed)
         x = torch.randn(n, d, generator=gen) * 2.0 + torch.randn(d, generator=gen)
-        self.x = x.to(device=device, dtype=dtype)
+        self.x = in_layout(x.to(device=device, dtype=dtype), problem.layout)
         self.mask = (torch.rand(n, generator=gen) > 0.1).to(device)
         self.mask[0] = True
-        self.x_nan = self.x.clone()
+        self.x_nan = in_layout(self.x.contiguous().clone(), problem.layout)
         self.x_nan[0, d // 2] = float("nan")
         kept = self.x.double() * self.mask[:, None]
         self.oracle = (torch.triu(kept.T @ kept), kept.sum(0))
@@ -116,13 +140,14 @@ class _CovTrial:
 class _ProjectedLinearTrial:
     """Scratch inputs for projected_linear: x, an orthonormal basis, weight and bias of the call's sizes."""
 
-    def __init__(self, sizes: tuple[int, ...], dtype: torch.dtype, device: torch.device, seed: int) -> None:
-        rows, d_in, k, d_out = sizes
+    def __init__(self, problem: Problem, dtype: torch.dtype, device: torch.device, seed: int) -> None:
+        rows, d_in, k, d_out = problem.trial_sizes()
         gen = torch.Generator(device="cpu").manual_seed(seed)
         basis = torch.linalg.qr(torch.randn(d_in, k, generator=gen, dtype=torch.float64))[0]
         tensors = (torch.randn(rows, d_in, generator=gen), basis, torch.randn(d_out, k, generator=gen) / k ** 0.5,
                    torch.randn(d_out, generator=gen))
-        self.args = tuple(t.to(device=device, dtype=dtype) for t in tensors)
+        x, *rest = (t.to(device=device, dtype=dtype) for t in tensors)
+        self.args = (in_layout(x, problem.layout), *rest)
         self.oracle = reference.projected_linear_ref(*(t.double() for t in self.args))
 
     def error(self, kernel: Callable) -> float:
@@ -163,7 +188,7 @@ def run_trials(problem: Problem, dtype: torch.dtype, device: torch.device, backe
 
     The reference backend is run first: its own error in this dtype sets the bar the others must meet.
     ``starting`` is called before and ``report`` after each backend (the trial process streams through them)."""
-    trial = TRIALS[problem.op](problem.trial_sizes(), dtype, device, seed=sum(problem.sizes))
+    trial = TRIALS[problem.op](problem, dtype, device, seed=sum(problem.sizes))
     bar = max(error_floor(problem.op, dtype), 2 * trial.error(get_backend("reference").kernel(problem.op)))
     outcomes = []
     for name in backends:

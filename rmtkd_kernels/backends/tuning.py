@@ -143,7 +143,8 @@ def _trials_in_child(problem: Problem, dtype: torch.dtype, device: torch.device,
     outcomes: list[Outcome] = []
     remaining = list(backends)
     while remaining:
-        request = {"op": problem.op, "sizes": list(problem.sizes), "dtype": str(dtype).removeprefix("torch."),
+        request = {"op": problem.op, "sizes": list(problem.sizes), "layout": problem.layout,
+                   "dtype": str(dtype).removeprefix("torch."),
                    "device": str(device), "backends": remaining, "modules": modules}
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([p for p in sys.path if p]))
         try:
@@ -233,7 +234,7 @@ class Tuner:
                           f"({str(dtype).removeprefix('torch.')}, sizes {problem.trial_sizes()}) on "
                           f"{device_name(device)}: {failed.error}. It will not be chosen for such calls.",
                           RuntimeWarning, stacklevel=4)
-        return {"backend": best.backend, "sizes": list(problem.trial_sizes()),
+        return {"backend": best.backend, "sizes": list(problem.trial_sizes()), "layout": problem.layout,
                 "outcomes": [o.as_dict() for o in outcomes]}
 
     def demote(self, problem: Problem, dtype: torch.dtype, device: torch.device, candidates: tuple[str, ...],

@@ -108,7 +108,7 @@ def test_a_corrupt_cache_file_is_ignored_and_rewritten(tuner):
 
 def test_sizes_in_one_bucket_share_a_decision_and_other_buckets_get_their_own(tuner):
     assert Problem("cov_accumulate", (5000, 384)).bucket() == Problem("cov_accumulate", (8000, 300)).bucket()
-    assert Problem("cov_accumulate", (10 ** 6, 384)).bucket() == (1 << 14, 512)  # rows capped
+    assert Problem("cov_accumulate", (10 ** 6, 384)).bucket() == (1 << 14, 512, "row-major")  # rows capped
     acc = CovarianceAccumulator(24, dtype=torch.float64)
     with pytest.warns(RuntimeWarning):
         acc.update(torch.randn(100, 24))
@@ -190,3 +190,26 @@ def test_a_chosen_backend_that_fails_at_run_time_is_demoted_and_the_reference_an
     assert choose_backend("cov_accumulate", x) != "flaky"  # the disk record says so too
     with pytest.raises(RuntimeError, match="PTX JIT"):
         cov_accumulate(x, gram, colsum, bad, backend="flaky")  # forced: no fallback
+
+
+def test_trials_run_in_the_callers_layout(tuner):
+    """Kernels are compiled per layout (a unit stride becomes a constant): a backend wrong only for column-major
+    input passes the row-major trials and fails the column-major ones, which decide column-major calls."""
+    from rmtkd_kernels import reference
+    from rmtkd_kernels.backends import Backend, register
+
+    def row_major_only(x, basis, weight, bias):
+        y = reference.projected_linear_ref(x, basis, weight, bias)
+        return y if x.is_contiguous() else y + 1.0
+
+    register(Backend(name="row-major-only", devices=frozenset({"cpu"}), dtypes=(torch.float32,),
+                     kernels={"projected_linear": lambda: row_major_only}, auto_devices=frozenset({"cpu"})))
+    x, basis, weight, bias = _pl_args(rows=9)
+    with pytest.warns(RuntimeWarning):
+        projected_linear(x, basis, weight, bias)
+    with pytest.warns(RuntimeWarning, match="'row-major-only' failed its check"):
+        y = projected_linear(x.T.contiguous().T, basis, weight, bias)
+    torch.testing.assert_close(y, x @ basis @ weight.T + bias, rtol=1e-5, atol=1e-5)
+    records = tuner.disk_cache(x.device).decisions.values()
+    ok = {r["layout"]: {o["backend"]: o["ok"] for o in r["outcomes"]}["row-major-only"] for r in records}
+    assert ok == {"row-major": True, "column-major": False}
