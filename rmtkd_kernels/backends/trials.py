@@ -29,9 +29,6 @@ def error_floor(op: str, dtype: torch.dtype) -> float:
     return ERROR_FLOOR[dtype]
 
 
-LAYOUTS = ("row-major", "column-major", "strided")
-
-
 def layout_of(x: torch.Tensor) -> str:
     """How x's rows are laid out: kernels are compiled per layout (a unit stride becomes a constant), so a
     decision made on one layout says nothing about another."""
