@@ -138,15 +138,17 @@ def effective_samples(site: Site, how: str, sequences: int) -> Optional[float]:
 
 
 def select_site(model: nn.Module, site: Site, config: SelectionConfig, sequences: int,
-                out_dir: Optional[Path] = None) -> tuple[SubspaceSelection, dict[str, Any]]:
+                out_dir: Optional[Path] = None, rank: Optional[int] = None) -> tuple[SubspaceSelection, dict[str, Any]]:
     """Select a calibrated site's subspace; (selection, its JSON-ready record: the site, d, k, σ², threshold,
     parameters now and after projecting to k, the plot). With ``out_dir`` (a run's folder) the spectrum is
-    plotted to out_dir/plots/<site>.png. Errors (NaN/Inf activations, too few samples) name the site."""
+    plotted to out_dir/plots/<site>.png; with ``rank``, k is that rank (a budget's) instead of the rule's.
+    Errors (NaN/Inf activations, too few samples) name the site."""
     options = {"tau": config.tau} if config.tau is not None else {}
     options |= {"alpha": config.alpha} if config.alpha is not None else {}
     try:
         selection = select_subspace(site.accumulator, noise=config.noise, threshold=config.threshold,
-                                    n_eff=effective_samples(site, config.n_eff, sequences), **options)
+                                    n_eff=effective_samples(site, config.n_eff, sequences), rank=rank,
+                                    **options)
     except ValueError as error:
         raise ValueError(f"site {site.name}: {error}") from None
     before, after = site.parameters(model, max(selection.k, 1))

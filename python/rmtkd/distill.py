@@ -1,8 +1,17 @@
-"""Self-distillation: fine-tune the compressed student against the model it was before the step.
+"""Self-distillation: fine-tune the compressed student against a teacher (the model before the step, or the
+original model in the recovery pass).
 
-L = α·task loss + (1 − α)·T²·KL(p_teacher ‖ p_student), p = softmax(logits / T), as the model's adapter defines
-it (class logits, or next-token logits at every position). Plain PyTorch: AdamW, gradient clipping, bf16 autocast
-on CUDA, a progress bar.
+Two losses, named modes:
+
+- "logits" (the paper's): L = α·task loss + (1 − α)·T²·KL(p_teacher ‖ p_student), p = softmax(logits / T), as
+  the model's adapter defines it (class logits, or next-token logits at every position);
+- "hidden": that, plus β · the mean over the adapter's blocks of the fraction of the teacher's block-output
+  variance the student misses (:mod:`rmtkd.hidden_states`), so the student is pulled back towards the teacher's
+  intermediate representations and not only its outputs (as TinyBERT and MiniLM distil).
+
+Optionally a linear learning-rate warm-up, and early stopping: every ``check_every`` steps the student is measured
+on held-out training data (never the evaluation data); after ``patience`` checks without improvement the steps
+stop, and the best student seen is kept. Plain PyTorch: AdamW, gradient clipping, bf16 autocast on CUDA.
 """
 from __future__ import annotations
 
@@ -10,8 +19,8 @@ import contextlib
 import copy
 import itertools
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rmtkd.adapters.base import ModelAdapter
 from rmtkd.distributed import SINGLE, Workers
+from rmtkd.hidden_states import captured_outputs, hidden_state_loss
+from rmtkd.training import lr_factor
+
+DISTILL_MODES = ("logits", "hidden")
+# Settings added after the first release, and the values that mean "as before": a run's fingerprint leaves them
+# out at those values, so a run folder made before them still resumes.
+_LATER_SETTINGS = {"mode": "logits", "hidden_weight": 1.0, "warmup": 0.0, "check_every": 0, "patience": 2}
 
 
 @dataclass(frozen=True)
@@ -34,16 +50,40 @@ class DistillConfig:
     # fully_shard: gradients and optimizer state sharded over the ranks, for a student whose training does not
     # fit one device).
     sharding: str = "ddp"
+    mode: str = "logits"  # one of DISTILL_MODES
+    hidden_weight: float = 1.0  # β of the "hidden" mode
+    warmup: float = 0.0  # fraction of the steps over which the learning rate rises linearly from 0
+    check_every: int = 0  # early stopping: steps between checks on the validation data (0: no early stopping)
+    patience: int = 2  # checks without improvement before stopping
 
     def __post_init__(self) -> None:
         if self.sharding not in ("ddp", "fsdp"):
             raise ValueError(f"sharding: expected 'ddp' or 'fsdp', got {self.sharding!r}")
+        if self.mode not in DISTILL_MODES:
+            raise ValueError(f"mode: expected one of {DISTILL_MODES}, got {self.mode!r}")
+        if not (math.isfinite(self.hidden_weight) and self.hidden_weight > 0):
+            raise ValueError(f"hidden_weight: expected a positive weight, got {self.hidden_weight!r}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup: expected a fraction of the steps in [0, 1), got {self.warmup!r}")
+        if self.check_every < 0:
+            raise ValueError(f"check_every: expected 0 (off) or a number of steps, got {self.check_every!r}")
+        if self.patience < 1:
+            raise ValueError(f"patience: expected at least 1 check, got {self.patience!r}")
+        if self.check_every and self.sharding == "fsdp":
+            raise ValueError("check_every: early stopping measures the student between steps, and under FSDP the "
+                             "student is only gathered after the last step; use sharding 'ddp' or no early stopping")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha: expected a weight in [0, 1], got {self.alpha!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature: expected a positive number, got {self.temperature!r}")
         if self.steps < 0:
             raise ValueError(f"steps: expected a non-negative count, got {self.steps!r}")
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that identify a run (for its fingerprint): later settings at their "as before" values
+        are left out."""
+        return {key: value for key, value in asdict(self).items()
+                if key not in _LATER_SETTINGS or value != _LATER_SETTINGS[key]}
 
 
 def _trainable(student: nn.Module, config: DistillConfig, workers: Workers, device: torch.device) -> nn.Module:
@@ -65,6 +105,50 @@ class NonFiniteLoss(RuntimeError):
     """The distillation loss became NaN/Inf; the caller restores the last good model."""
 
 
+def _module_of(trained: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    return trained.module if isinstance(trained, DistributedDataParallel) else trained
+
+
+def _hidden_modules(student: nn.Module, adapter: ModelAdapter, config: DistillConfig) -> list[str]:
+    if config.mode != "hidden":
+        return []
+    names = adapter.hidden_modules(student)
+    if not names:
+        raise ValueError(f"distillation mode 'hidden': the {adapter.name or type(adapter).__name__} adapter names "
+                         "no hidden states to match for this model (ModelAdapter.hidden_modules is empty); use mode "
+                         "'logits'")
+    return names
+
+
+class _EarlyStopping:
+    """Tracks the validation score (lower is better) at each check and keeps a copy of the best student."""
+
+    def __init__(self, student: nn.Module, validate: Callable[[nn.Module], float], patience: int) -> None:
+        self.student, self.validate, self.patience = student, validate, patience
+        self.history: list[tuple[int, float]] = []
+        self.best_step, self.best_score, self.best_state, self.since_best = 0, math.inf, None, 0
+        self.check(0)
+
+    def check(self, step: int) -> bool:
+        """Measure the student after ``step`` steps; whether to stop (``patience`` checks without improvement)."""
+        score = self.validate(self.student)
+        self.history.append((step, score))
+        if score < self.best_score:
+            self.best_step, self.best_score, self.since_best = step, score, 0
+            self.best_state = copy.deepcopy(self.student.state_dict())
+        else:
+            self.since_best += 1
+        return self.since_best >= self.patience
+
+    def restore_best(self, steps_taken: int) -> dict[str, Any]:
+        """Load the best student seen (if it is not the current one); a JSON-ready account of the checks."""
+        if self.best_step != steps_taken and self.best_state is not None:
+            self.student.load_state_dict(self.best_state)
+        return {"checks": [{"step": step, "score": score} for step, score in self.history],
+                "best_step": self.best_step}
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -74,8 +158,13 @@ def distill(
     *,
     progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
     workers: Workers = SINGLE,
+    validate: Optional[Callable[[nn.Module], float]] = None,
 ) -> dict[str, Any]:
-    """Run ``config.steps`` AdamW steps on batches (cycled if shorter); returns first/last/mean loss.
+    """Run up to ``config.steps`` AdamW steps on batches (cycled if shorter); returns first/last/mean loss.
+
+    With ``config.check_every``, ``validate(student)`` (a score on held-out data, lower is better; every rank
+    calls it together) is measured before the first step and every ``check_every`` steps; the steps stop after
+    ``config.patience`` checks without improvement and the best student measured is the one kept.
 
     Across processes (``workers``) each rank steps on its own batches and the gradients are averaged, so N ranks
     with batches of B examples take the steps one process takes with batches of N·B: under
@@ -85,30 +174,52 @@ def distill(
     """
     if config.steps == 0:
         return {"steps": 0, "loss_first": None, "loss_last": None, "loss_mean": None}
+    if config.check_every and validate is None:
+        raise ValueError("validate: early stopping (check_every > 0) needs a validation score to stop on")
     device = next(student.parameters()).device
+    hidden = _hidden_modules(student, adapter, config)
     trained = _trainable(student, config, workers, device)
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / config.steps)
+    warmup = int(config.warmup * config.steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config.steps, warmup))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     teacher.eval()
+    stopping = _EarlyStopping(student, validate, config.patience) if config.check_every else None
     trained.train()
     losses: list[Tensor] = []  # kept on the device: one host sync at the end, not one per step
-    for batch in progress(itertools.islice(itertools.cycle(batches), config.steps), config.steps):
-        with autocast:
-            with torch.no_grad():
-                target = adapter.forward(teacher, batch)
-            loss = adapter.distillation_loss(adapter.forward(trained, batch), target, batch, config.alpha,
-                                             config.temperature)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.detach())
+    with captured_outputs(teacher, hidden) as teacher_states, \
+            captured_outputs(_module_of(trained), hidden) as student_states:
+        for step, batch in enumerate(progress(itertools.islice(itertools.cycle(batches), config.steps),
+                                              config.steps), 1):
+            teacher_states.clear()
+            student_states.clear()
+            with autocast:
+                with torch.no_grad():
+                    target = adapter.forward(teacher, batch)
+                loss = adapter.distillation_loss(adapter.forward(trained, batch), target, batch, config.alpha,
+                                                 config.temperature)
+                if hidden:
+                    mask = batch.get(adapter.mask_key) if adapter.mask_key else None
+                    loss = loss + config.hidden_weight * hidden_state_loss(student_states, teacher_states, mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.detach())
+            if stopping is not None and step % config.check_every == 0 and step < config.steps:
+                if stopping.check(step):
+                    break
+                trained.train()
     if trained is not student and not isinstance(trained, DistributedDataParallel):  # an FSDP copy
         student.load_state_dict(get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True)))
     del trained
+    result: dict[str, Any] = {}
+    if stopping is not None:
+        if stopping.history[-1][0] != len(losses):
+            stopping.check(len(losses))
+        result["early_stopping"] = stopping.restore_best(len(losses))
     student.eval()
     values = torch.stack(losses).tolist()
     bad = [step for step, value in enumerate(values) if not math.isfinite(value)]
@@ -120,5 +231,4 @@ def distill(
         raise NonFiniteLoss(f"distillation loss is not finite at step {step}{where}")
     values = [total / workers.world_size for total in workers.sum(values)]  # the global batch's mean loss
     return {"steps": len(values), "loss_first": values[0], "loss_last": values[-1],
-            "loss_mean": sum(values) / len(values)}
-
+            "loss_mean": sum(values) / len(values), **result}

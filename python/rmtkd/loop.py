@@ -28,6 +28,7 @@ from rmtkd.distill import DistillConfig, NonFiniteLoss, distill
 from rmtkd.distributed import Workers
 from rmtkd.metrics import count_parameters, forward_flops
 from rmtkd.persistence import load_compressed, read_meta, save_compressed
+from rmtkd.rank_budget import SiteCost, plan_ranks
 from rmtkd.sites import Site
 from rmtkd.spectral import SubspaceSelection
 from rmtkd.surgery import Rewrite, apply_structure, rewrite_site
@@ -40,7 +41,8 @@ LOOP_STATE_KEYS = {"fingerprint", "next_step", "rewrites", "steps", "original"} 
 class LoopConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    target_reduction: Optional[float] = None  # stop once total parameters fell by this fraction
+    # The threshold rule stops once total parameters fell by this fraction; a rank budget is planned to meet it.
+    target_reduction: Optional[float] = None
     # Roll back a step whose metric on the task's validation batches is this much worse than the original's.
     max_metric_drop: Optional[float] = None
     granularity: str = "site"  # "site" or "block" (the adapter's block_of groups sites)
@@ -48,20 +50,33 @@ class LoopConfig:
     # After the loop: distill the compressed model against the original model (not the previous step's), to
     # recover what the cuts lost together. None: no recovery pass (the paper's loop).
     recovery: Optional[DistillConfig] = None
+    # "rule": every site's rank from its own noise threshold (the paper's); "budget": ranks planned over all the
+    # sites the rule projects so that the model meets target_reduction (rmtkd.rank_budget).
+    ranks: str = "rule"
 
     def __post_init__(self) -> None:
         if self.granularity not in ("site", "block"):
             raise ValueError(f"granularity: expected 'site' or 'block', got {self.granularity!r}")
         if self.target_reduction is not None and not 0 < self.target_reduction < 1:
             raise ValueError(f"target_reduction: expected a fraction in (0, 1), got {self.target_reduction!r}")
+        if self.ranks not in ("rule", "budget"):
+            raise ValueError(f"ranks: expected 'rule' or 'budget', got {self.ranks!r}")
+        if self.ranks == "budget" and self.target_reduction is None:
+            raise ValueError("ranks: a rank budget is planned to meet target_reduction; set it (e.g. 0.8)")
         if self.recovery is not None and self.recovery.steps < 1:
             raise ValueError(f"recovery: a recovery pass needs at least 1 step, got {self.recovery.steps} (leave "
                              "recovery unset for none)")
 
     def fingerprint(self) -> str:
-        settings = asdict(self)
-        if settings["recovery"] is None:  # runs without a recovery pass keep the fingerprint they had before it
+        """A hash of the settings that decide the run's result; settings added later are left out at the values
+        that mean "as before", so a run folder made before them still resumes."""
+        settings = asdict(self) | {"distill": self.distill.settings()}
+        if self.recovery is None:
             del settings["recovery"]
+        else:
+            settings["recovery"] = self.recovery.settings()
+        if self.ranks == "rule":
+            del settings["ranks"]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -70,8 +85,8 @@ class Task:
     """A model, its adapter and its data, as the loop needs them. Batches are dicts of tensors.
 
     The loop decides only on ``validation_batches`` (held-out training data, disjoint from the calibration and
-    distillation data): they are needed when a decision is asked for (``max_metric_drop``). ``eval_batches`` are
-    only measured and reported, never steered on.
+    distillation data): they are needed when a decision is asked for (``max_metric_drop``, early stopping).
+    ``eval_batches`` are only measured and reported, never steered on.
     """
 
     adapter: ModelAdapter
@@ -143,14 +158,21 @@ def _check_data(task: Task, config: LoopConfig) -> None:
     needed = ("calibration_batches", "eval_batches") + (("validation_batches",) if _decides(config) else ())
     for name in needed:
         if len(getattr(task, name)) == 0:
-            why = (" (max_metric_drop decides on held-out training data, never on the evaluation data)"
+            why = (" (max_metric_drop and early stopping decide on held-out training data, never on the evaluation "
+                   "data)"
                    if name == "validation_batches" else "")
             raise ValueError(f"task.{name}: this process's share of the data is empty{why}; give every process some")
 
 
 def _decides(config: LoopConfig) -> bool:
     """Whether the loop makes decisions on measured metrics (and so needs validation data)."""
-    return config.max_metric_drop is not None
+    return (config.max_metric_drop is not None or config.distill.check_every > 0
+            or (config.recovery is not None and config.recovery.check_every > 0))
+
+
+def _validation_score(task: Task, workers: Workers) -> Callable[[nn.Module], float]:
+    """Early stopping's score of a model: its metric on the validation slice, as a loss (lower is better)."""
+    return lambda model: task.adapter.metric.worsening(0.0, _evaluate(model, task, workers, task.validation_batches))
 
 
 def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
@@ -187,12 +209,18 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
         if _decides(config):
             state["original"][f"validation_{metric}"] = _evaluate(model, task, workers, task.validation_batches)
         say(f"original: {original_params:,} parameters, {metric} {state['original'][metric]:.4f}")
+        if config.ranks == "budget":
+            plan = state["rank_plan"] = _plan_ranks(model, groups, task, config, progress, workers)
+            say(f"rank budget: {len(plan['ranks'])} sites planned to {plan['parameters']:,} parameters (target "
+                f"{plan['target']:,})")
     else:
         model, state = resumed
         say(f"resuming after step {state['next_step']} of {len(groups)} from {out_dir / CHECKPOINT}")
         if _decides(config) and f"validation_{metric}" not in state["original"]:  # a checkpoint from before
             state["original"][f"validation_{metric}"] = _evaluate(original, task, workers, task.validation_batches)
-    target = None if config.target_reduction is None else original_params * (1 - config.target_reduction)
+    # The threshold rule stops at the target; a rank budget is planned to meet it after its last step.
+    target = (None if config.target_reduction is None or config.ranks == "budget"
+              else original_params * (1 - config.target_reduction))
     for index in range(state["next_step"], len(groups)):
         if target is not None and count_parameters(model) <= target:
             state["stopped"] = f"parameter target reached ({count_parameters(model):,} <= {target:,.0f})"
@@ -240,11 +268,15 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
     workers.reduce_statistics(group)
     sequences = int(workers.sum([calibration.sequences])[0])
     plots = out_dir if workers.is_main else None
+    plan = state.get("rank_plan", {}).get("ranks")
     selections = workers.broadcast(workers.together(
-        lambda: [select_site(model, site, config.selection, sequences, plots) for site in group]))
+        lambda: [select_site(model, site, config.selection, sequences, plots,
+                             rank=plan.get(site.name) if plan else None) for site in group]))
     decisions, candidates = [], []
     for site, (selection, decision) in zip(group, selections):
-        if selection.k == 0:
+        if plan is not None and site.name not in plan:
+            decision["action"] = "skipped: the rank budget leaves it dense (the threshold rule does not project it)"
+        elif selection.k == 0:
             decision["action"] = "skipped: k = 0 (projecting onto nothing would cut the layer off its input)"
         elif decision["parameters_after"] >= decision["parameters_before"]:
             decision["action"] = f"skipped: rank {selection.k} of {site.dim} would not reduce parameters"
@@ -267,13 +299,13 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
     try:
         record["distillation"] = distill(model, teacher, task.train_batches(state["next_step"]), adapter,
                                          config.distill, progress=lambda it, total: progress(it, total, "distilling"),
-                                         workers=workers)
+                                         workers=workers, validate=_validation_score(task, workers))
     except NonFiniteLoss as error:
         return _rolled_back(record, teacher, f"rolled back: {error}", started, params_before)
     after = _evaluate(model, task, workers)
     record.update({f"{metric.name}_projected": projected, f"{metric.name}_after": after,
                    "parameters_after": count_parameters(model), "flops_after": _flops(model, task)})
-    if _decides(config):  # on the validation slice: the evaluation data is only reported
+    if config.max_metric_drop is not None:  # on the validation slice: the evaluation data is only reported
         validation = record[f"validation_{metric.name}_after"] = _evaluate(model, task, workers,
                                                                          task.validation_batches)
         worse = metric.worsening(state["original"][f"validation_{metric.name}"], validation)
@@ -304,7 +336,7 @@ def _recover(model: nn.Module, task: Task, config: LoopConfig, state: dict[str, 
     try:
         record["distillation"] = distill(model, teacher, batches, task.adapter, config.recovery,
                                          progress=lambda it, total: progress(it, total, "recovering"),
-                                         workers=workers)
+                                         workers=workers, validate=_validation_score(task, workers))
     except NonFiniteLoss as error:
         model, record["outcome"] = kept, f"undone: {error}"
     else:
@@ -315,6 +347,43 @@ def _recover(model: nn.Module, task: Task, config: LoopConfig, state: dict[str, 
     say(f"recovery pass against the original ({config.recovery.steps} steps): {record['outcome']}, {metric} "
         f"{before:.4f} -> {record[f'{metric}_after']:.4f}")
     return model
+
+
+def _plan_ranks(model: nn.Module, groups: list[list[Site]], task: Task, config: LoopConfig, progress,
+                workers: Workers) -> dict[str, Any]:
+    """The rank budget: every site calibrated on the model as it is, the sites the threshold rule would project
+    (one per module, as the steps choose), and their ranks planned to meet the target; JSON-ready, with what the
+    rule alone would keep, for the report."""
+    sites = [site for group in groups for site in group]
+    calibration = workers.together(lambda: calibrate(
+        model, task.calibration_batches, task.adapter.forward, sites, mask_key=task.adapter.mask_key,
+        estimate_design_effect=config.selection.n_eff == "design-effect",
+        progress=lambda it: progress(it, len(task.calibration_batches), "calibrating every site")))
+    workers.reduce_statistics(sites)
+    sequences = int(workers.sum([calibration.sequences])[0])
+    selections = workers.broadcast(workers.together(
+        lambda: [select_site(model, site, config.selection, sequences) for site in sites]))
+    for site in sites:
+        site.accumulator = None
+    candidates = [(site, selection, decision) for site, (selection, decision) in zip(sites, selections)
+                  if 0 < selection.k and decision["parameters_after"] < decision["parameters_before"]]
+    costs, rule = [], {}
+    for site, selection, decision in _one_rewrite_per_module(candidates):
+        dense, one = site.parameters(model, 1)
+        per_rank = site.parameters(model, 2)[1] - one
+        costs.append(SiteCost(site.name, selection.eigenvalues, selection.edge, one - per_rank, per_rank, dense))
+        rule[site.name] = selection.k
+    total = count_parameters(model)
+    plan = plan_ranks(costs, total, int(total * (1 - config.target_reduction)))
+    return {
+        "ranks": plan.ranks, "parameters": plan.parameters, "target": plan.target,
+        "strength": plan.strength,
+        "sites": [{"site": cost.name, "d": int(cost.eigenvalues.size), "k": plan.ranks[cost.name],
+                   "variance_kept": cost.variance_kept(plan.ranks[cost.name]), "rule_k": rule[cost.name],
+                   "rule_variance_kept": cost.variance_kept(rule[cost.name]), "parameters_before": cost.dense,
+                   "parameters_after": cost.parameters(plan.ranks[cost.name])}
+                  for cost in costs if cost.name in plan.ranks],
+    }
 
 
 Candidate = tuple[Site, SubspaceSelection, dict[str, Any]]  # a site that would save parameters, with its decision
@@ -377,5 +446,5 @@ def _final_report(model: nn.Module, task: Task, state: dict[str, Any], workers: 
         "parameter_reduction": 1 - params / original["parameters"],
         f"{metric.name}_change": final[metric.name] - original[metric.name],
         "stopped": state.get("stopped"), "steps": state["steps"], "rewrites": state["rewrites"],
-        "recovery": state.get("recovery"),
+        "recovery": state.get("recovery"), "rank_plan": state.get("rank_plan"),
     }

@@ -30,12 +30,13 @@ class TrainConfig:
             raise ValueError(f"schedule: expected 'linear' or 'cosine', got {self.schedule!r}")
 
 
-def lr_factor(step: int, total: int, config: TrainConfig) -> float:
-    """The learning-rate multiplier at ``step`` of ``total``: warm-up, then linear or cosine decay to 0."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    return 1 - progress if config.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+def lr_factor(step: int, total: int, warmup_steps: int = 0, schedule: str = "linear") -> float:
+    """The learning-rate multiplier at ``step`` of ``total``: linear warm-up from 0 over ``warmup_steps``, then
+    linear or cosine decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total - warmup_steps)
+    return 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def train(model: nn.Module, adapter: ModelAdapter, batches: list[dict], config: TrainConfig,
@@ -45,7 +46,8 @@ def train(model: nn.Module, adapter: ModelAdapter, batches: list[dict], config: 
     if total == 0:
         raise ValueError("batches: the training set is empty")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, config))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, config.warmup_steps,
+                                                                                     config.schedule))
     model.train()
     losses = []
     for batch in progress((b for _ in range(config.epochs) for b in batches), total):

@@ -185,5 +185,32 @@ def test_the_validation_slice_is_disjoint_from_calibration_training_and_evaluati
     assert len(calib) == 100 and len(valid) == 100 and len(fit) == 700
     assert not (set(calib) & set(valid) or set(calib) & set(fit) or set(valid) & set(fit))
     assert split_train(1000, Settings(train_samples=700))[1] == []  # no decision: nothing held out
+    assert split_train(1000, Settings(early_stopping=50, train_samples=700))[1] == valid  # early stopping's slice
     calib_again, _, fit_again = split_train(1000, Settings(train_samples=700))
     assert calib_again == calib  # the calibration rows do not move when a validation slice is carved
+
+
+@needs_minilm
+def test_budgeted_run_with_hidden_state_distillation_and_early_stopping(tmp_path, tiny_model, capsys):
+    """The new mode end to end: ranks planned to a target, block outputs matched, checks on the validation
+    slice; report.md says what the budget chose."""
+    write_table(tmp_path / "train.tsv", 400, seed=1)
+    write_table(tmp_path / "dev.tsv", 64, seed=2)
+    args = ["compress", "--model", str(tiny_model), "--train", str(tmp_path / "train.tsv"),
+            "--eval", str(tmp_path / "dev.tsv"), "--out", str(tmp_path / "out"), "--train-samples", "192",
+            "--calibration-samples", "96", "--validation-samples", "48", "--distill-steps", "4", "--max-len", "16",
+            "--noise", "quantile", "--tau", "0.6", "--latency-seq-len", "16", "--ranks", "budget",
+            "--target-reduction", "0.5", "--distill-mode", "hidden", "--warmup", "0.25", "--early-stopping", "2",
+            "--recovery-steps", "4"]
+    assert main(args) == 0
+    out = tmp_path / "out"
+    report = json.loads((out / "report.json").read_text())
+    assert report["parameter_reduction"] >= 0.5 and report["final"]["parameters"] == report["rank_plan"]["parameters"]
+    distilled = [step["distillation"] for step in report["steps"] if "distillation" in step]
+    assert distilled and all(d["early_stopping"]["checks"][0]["step"] == 0 for d in distilled)
+    assert "early_stopping" in report["recovery"]["distillation"]
+    markdown = (out / "report.md").read_text()
+    assert "## Rank budget" in markdown and "| site | d | k | variance kept | rule k |" in markdown
+    assert "validation_accuracy" in report["final"]
+    capsys.readouterr()
+    assert main(args) == 0 and "resuming after step 3 of 3" in capsys.readouterr().out

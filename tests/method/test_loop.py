@@ -254,3 +254,28 @@ def test_recovery_pass_distills_against_the_original_once(tmp_path, monkeypatch)
     assert len(teachers) == calls and again["recovery"] == recovery  # resumed: nothing redone
     with pytest.raises(ValueError, match="recovery: a recovery pass needs at least 1 step, got 0"):
         LoopConfig(recovery=DistillConfig(steps=0))
+
+
+def test_early_stopping_checks_the_validation_slice_never_the_evaluation_data(tmp_path, monkeypatch):
+    import rmtkd.loop as loop
+
+    task = trained_task()
+    task.validation_batches = make_batches(2, seed=99)
+    seen = []
+    real = loop._evaluate
+
+    def evaluate(model, task_, workers, batches=None):
+        seen.append("validation" if batches is task_.validation_batches else "eval")
+        return real(model, task_, workers, batches)
+    monkeypatch.setattr(loop, "_evaluate", evaluate)
+    stopping = LoopConfig(selection=CONFIG.selection, distill=DistillConfig(steps=4, lr=1e-3, check_every=2),
+                          recovery=DistillConfig(steps=4, lr=1e-3, check_every=2))
+    _, report = compress(task, stopping, tmp_path / "a", log=lambda message: None)
+    distilled = [s["distillation"] for s in report["steps"] if "distillation" in s]
+    assert distilled and all(d["early_stopping"]["checks"][0]["step"] == 0 for d in distilled)
+    checks = sum(len(d["early_stopping"]["checks"]) for d in distilled + [report["recovery"]["distillation"]])
+    # every check read the validation slice; besides, only the original's and the final model's reported metric
+    assert seen.count("validation") == checks + 2
+    task.validation_batches = []
+    with pytest.raises(ValueError, match="task.validation_batches: .*early stopping decide on held-out training"):
+        compress(task, stopping, tmp_path / "b", log=lambda message: None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,9 @@ class ModelAdapter(ABC):
     metric: ClassVar[Metric] = ACCURACY
     mask_key: ClassVar[Optional[str]] = None  # batch key of a (batch, seq) mask of real tokens, if any
     model_types: ClassVar[tuple[str, ...]] = ()  # config.json model types of folders in its own format, if any
+    # Names (regular expression, whole name) of the modules whose outputs are the model's intermediate
+    # representations, which hidden-state distillation matches; None: the adapter names none.
+    hidden_pattern: ClassVar[Optional[str]] = None
 
     # ---- model folders
     @classmethod
@@ -115,6 +119,13 @@ class ModelAdapter(ABC):
     def block_of(self, site: Site) -> str:
         """The block a site belongs to; the loop's block granularity compresses one block per step."""
         return site.name
+
+    def hidden_modules(self, model: nn.Module) -> list[str]:
+        """The modules whose outputs distillation matches between student and teacher (block outputs, same width
+        before and after compression), in module order; empty where the adapter names none."""
+        if self.hidden_pattern is None:
+            return []
+        return [name for name, _ in model.named_modules() if re.fullmatch(self.hidden_pattern, name)]
 
     # ---- computation
     @abstractmethod

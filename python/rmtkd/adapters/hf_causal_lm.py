@@ -39,6 +39,7 @@ class HFCausalLM(HFModelAdapter):
     model_types = CAUSAL_LM_TYPES
     auto_class = "AutoModelForCausalLM"
     description = "a Hugging Face causal-LM folder"
+    hidden_pattern = r"(transformer\.h|model\.layers)\.\d+"
 
     def include(self, name: str, module: nn.Module) -> bool:
         return name in TOKEN_EMBEDDINGS or _LAYER.match(name) is not None

@@ -38,6 +38,7 @@ class HFSequenceClassifier(HFModelAdapter, ClassifierAdapter):
     name = "hf-sequence-classification"
     mask_key = "attention_mask"
     model_types = ENCODER_TYPES
+    hidden_pattern = r"(.+\.)?embeddings|(.+\.)?encoder\.layer\.\d+"
     auto_class = "AutoModelForSequenceClassification"
     description = "a Hugging Face sequence-classification model folder"
 

@@ -92,6 +92,8 @@ class MobileNetV2Classifier(nn.Module):
 class ImageClassifier(ClassifierAdapter):
     """What the CNN adapters share: sites, blocks, forward, batches."""
 
+    hidden_pattern = r"stages\.\d+|net\.features\.\d+"
+
     def include(self, name: str, module: nn.Module) -> bool:
         return name not in HEADS
 

@@ -34,7 +34,7 @@ from rmtkd.app.tasks import TASKS, Settings
 from rmtkd.app.tasks.text import model_slug
 from rmtkd.baselines import run_baselines
 from rmtkd.calibration import N_EFF_RULES, PLOTS, SelectionConfig
-from rmtkd.distill import DistillConfig
+from rmtkd.distill import DISTILL_MODES, DistillConfig
 from rmtkd.distributed import Workers
 from rmtkd.loop import CHECKPOINT, LoopConfig, compress
 from rmtkd.metrics import count_parameters, forward_flops, paired_latency
@@ -67,19 +67,39 @@ def selection_config(args: argparse.Namespace) -> SelectionConfig:
                            n_eff=args.n_eff)
 
 
+DISTILL_OPTIONS = {"hidden_weight": "--hidden-weight", "warmup": "--warmup", "check_every": "--early-stopping",
+                   "patience": "--patience", "alpha": "--kd-alpha", "temperature": "--temperature",
+                   "steps": "--distill-steps / --recovery-steps"}
+
+
+def distill_config(args: argparse.Namespace, steps: int, lr: float) -> DistillConfig:
+    """The distillation settings of the command line, for ``steps`` batches at ``lr``."""
+    if args.hidden_weight is not None and args.distill_mode != "hidden":
+        raise ValueError("--hidden-weight: weighs the hidden-state term of --distill-mode hidden; the mode is "
+                         f"{args.distill_mode!r}")
+    try:
+        return DistillConfig(alpha=args.kd_alpha, temperature=args.temperature, steps=steps, lr=lr,
+                             sharding=args.distill_sharding, mode=args.distill_mode,
+                             hidden_weight=1.0 if args.hidden_weight is None else args.hidden_weight,
+                             warmup=args.warmup, check_every=args.early_stopping, patience=args.patience)
+    except ValueError as error:  # name the option, not the setting behind it
+        setting, _, why = str(error).partition(":")
+        raise ValueError(f"{DISTILL_OPTIONS.get(setting, setting)}:{why}") from None
+
+
 def loop_config(args: argparse.Namespace) -> LoopConfig:
     if args.recovery_steps < 0:
         raise ValueError(f"--recovery-steps: expected 0 (no recovery pass) or a number of batches, got "
                          f"{args.recovery_steps}")
+    if args.ranks == "budget" and args.target_reduction is None:
+        raise ValueError("--ranks budget: plans every site's rank to meet --target-reduction; give it (e.g. 0.8)")
     return LoopConfig(
         selection=selection_config(args),
-        distill=DistillConfig(alpha=args.kd_alpha, temperature=args.temperature, steps=args.distill_steps,
-                              lr=args.distill_lr, sharding=args.distill_sharding),
+        distill=distill_config(args, args.distill_steps, args.distill_lr),
         target_reduction=args.target_reduction, max_metric_drop=args.max_metric_drop,
-        granularity=args.granularity, seed=args.seed,
-        recovery=None if not args.recovery_steps else DistillConfig(
-            alpha=args.kd_alpha, temperature=args.temperature, steps=args.recovery_steps,
-            lr=args.recovery_lr or args.distill_lr, sharding=args.distill_sharding),
+        granularity=args.granularity, seed=args.seed, ranks=args.ranks,
+        recovery=None if not args.recovery_steps else distill_config(args, args.recovery_steps,
+                                                                      args.recovery_lr or args.distill_lr),
     )
 
 
@@ -254,7 +274,8 @@ def parser() -> argparse.ArgumentParser:
                    help="calibration examples (lm: sequences), apart from the training ones; default: 10%% of "
                         "the training set")
     c.add_argument("--validation-samples", type=int, default=None,
-                   help="training examples held out for the run's decisions (--max-metric-drop), apart from the "
+                   help="training examples held out for the run's decisions (--max-metric-drop, --early-stopping), "
+                        "apart from the "
                         "calibration and training ones; default: 10%% of the training set when a decision needs "
                         "them, else none. --eval is only reported, never decided on")
     c.add_argument("--no-fine-tune", action="store_true", help="text: --model already has its trained head")
@@ -266,6 +287,17 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--distill-steps", type=int, default=20,
                    help="distillation batches per step (the default keeps the default run under 10 CPU minutes)")
     c.add_argument("--distill-lr", type=float, default=5e-5)
+    c.add_argument("--distill-mode", choices=DISTILL_MODES, default="logits",
+                   help="logits: the paper's loss (task loss + KL to the teacher's outputs); hidden: also match the "
+                        "teacher's block outputs (the fraction of their variance missed, weighed by --hidden-weight)")
+    c.add_argument("--hidden-weight", type=float, default=None, help="weight of the hidden-state term (default 1)")
+    c.add_argument("--warmup", type=float, default=0.0,
+                   help="fraction of each distillation's batches over which the learning rate rises from 0")
+    c.add_argument("--early-stopping", type=int, default=0, metavar="N",
+                   help="every N distillation batches, measure the student on the validation slice "
+                        "(--validation-samples); stop after --patience checks without improvement and keep the "
+                        "best (0: off)")
+    c.add_argument("--patience", type=int, default=2, help="checks without improvement before stopping")
     c.add_argument("--recovery-steps", type=int, default=0,
                    help="after the loop, distill the compressed model against the original for this many batches "
                         "(0: no recovery pass, the paper's loop)")
@@ -275,6 +307,10 @@ def parser() -> argparse.ArgumentParser:
                    help="under torchrun: DistributedDataParallel, or FSDP2 (gradients and optimizer state sharded "
                         "over the processes, for a student whose training does not fit one device)"),
     c.add_argument("--target-reduction", type=float, default=None, help="stop at this fraction fewer parameters")
+    c.add_argument("--ranks", choices=("rule", "budget"), default="rule",
+                   help="rule: each site's rank from its own noise threshold (the paper's); budget: ranks planned "
+                        "over all sites to meet --target-reduction, spending parameters where the spectra keep "
+                        "the most variance per parameter")
     c.add_argument("--max-metric-drop", "--max-accuracy-drop", type=float, default=None,
                    help="roll back a step that leaves the metric on the validation slice (--validation-samples) "
                         "worse than the original's by more than this (accuracy: a fraction, 0.01 = 1 point; "

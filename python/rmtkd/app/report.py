@@ -77,6 +77,24 @@ def site_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rank_plan_section(report: dict[str, Any]) -> list[str]:
+    """The rank budget's plan, as report.md lines (none for the threshold rule's ranks)."""
+    plan = report.get("rank_plan")
+    if not plan:
+        return []
+    bar = "rank 1 everywhere" if plan["strength"] is None else f"λ / λ₊ ≥ {plan['strength']:.3g}"
+    lines = ["## Rank budget", "",
+             f"Ranks planned over {len(plan['ranks'])} sites to meet the target of {plan['target']:,} parameters "
+             f"(planned: {plan['parameters']:,}): the strongest directions of all sites by their height over their "
+             f"own noise edge, down to {bar}; the threshold rule alone would keep the `rule k` column.", "",
+             "| site | d | k | variance kept | rule k | rule variance kept | parameters |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {site['site']} | {site['d']} | {site['k']} | {100 * site['variance_kept']:.1f}% | "
+              f"{site['rule_k']} | {100 * site['rule_variance_kept']:.1f}% | "
+              f"{site['parameters_before']:,} → {site['parameters_after']:,} |" for site in plan["sites"]]
+    return lines + [""]
+
+
 def summary_table(report: dict[str, Any]) -> str:
     """What the terminal shows at the end of a run: the model table, then the per-site table."""
     return model_table(report) + "\n\n" + site_table(report)
@@ -130,7 +148,7 @@ def markdown_report(report: dict[str, Any], title: str) -> str:
         f"({100 * report['parameter_reduction']:.1f}% fewer), {name} {metric_text(report, report['original'][name])} "
         f"→ {metric_text(report, report['final'][name])}; stopped: {report['stopped']}.", "",
         model_table(report), "", f"![{name} vs. parameter reduction]({TRADEOFF_PLOT})", "",
-        "## Sites", "", site_table(report), "",
+        "## Sites", "", site_table(report), "", *rank_plan_section(report),
         "## Spectrum plots", "", *[f"- [{p}]({p})" for p in plots], "",
         "## Settings", "", settings, "",
     ])

@@ -172,12 +172,18 @@ def claimed_output_folder(out: Path, args: argparse.Namespace, log: Callable[[st
             yield
 
 
+# Options added in later rmtkd versions whose default is not None, 0 or False, at the value that means "as before".
+LATER_OPTION_DEFAULTS = {"distill_mode": "logits", "ranks": "rule", "patience": 2}
+
+
 def _same_run(previous: dict | None, settings: dict) -> bool:
     """Whether a folder's run.json describes a run with these settings. An option the run.json does not name
-    (added in a later rmtkd) matches when it is off (None, 0, False), so such runs still resume."""
+    (added in a later rmtkd) matches when it is off (None, 0, False, or its "as before" default), so such runs
+    still resume."""
     if previous is None or set(previous) - set(settings):
         return False
-    return all(previous[k] == v if k in previous else v in (None, 0, False) for k, v in settings.items())
+    return all(previous[k] == v if k in previous else v in (None, 0, False) or LATER_OPTION_DEFAULTS.get(k) == v
+               for k, v in settings.items())
 
 
 def _previous_settings(out: Path) -> dict | None:

@@ -121,6 +121,7 @@ def select_subspace(
     tau: float = 0.5,
     alpha: float = 0.01,
     n_eff: Optional[float] = None,
+    rank: Optional[int] = None,
 ) -> SubspaceSelection:
     """Keep the eigen-directions of a covariance whose eigenvalues exceed the noise threshold.
 
@@ -131,6 +132,8 @@ def select_subspace(
         noise: σ² estimator, one of NOISE_ESTIMATORS ("quantile" with ``tau`` is the RMT-KD paper's rule).
         threshold: one of THRESHOLDS ("mp_edge" is the paper's; "tracy_widom" uses false-alarm rate ``alpha``).
         n_eff: effective number of independent samples for γ = d / n_eff (default: n_samples).
+        rank: keep exactly this many directions (a rank chosen elsewhere, e.g. by a parameter budget); the
+            threshold is still computed and the reason says what it alone would keep.
     """
     mean = None
     if isinstance(source, CovarianceAccumulator):
@@ -170,10 +173,15 @@ def select_subspace(
     sigma2 = estimate_noise(eigenvalues, gamma, noise, tau)
     edge = _threshold(threshold, eigenvalues, sigma2, gamma, d, n_eff, alpha)
     k = int(np.sum(eigenvalues > edge))
+    reason = _reason(k, d, eigenvalues, edge, threshold, noise)
+    if rank is not None:
+        if not (isinstance(rank, int) and 1 <= rank <= d):
+            raise ValueError(f"rank: expected a whole number of directions in [1, d = {d}], got {rank!r}")
+        reason = f"k = {rank} of {d}: set by the rank budget; by the threshold alone: {reason}"
+        k = rank
     return SubspaceSelection(
         k=k, eigenvalues=eigenvalues, basis=vectors[:, :k].contiguous(), sigma2=sigma2, gamma=gamma, edge=edge,
         noise_rule=noise, threshold_rule=threshold, n_samples=float(n_samples), n_eff=n_eff,
-        variance_kept=float(eigenvalues[:k].sum() / eigenvalues.sum()),
-        reason=_reason(k, d, eigenvalues, edge, threshold, noise), mean=mean,
+        variance_kept=float(eigenvalues[:k].sum() / eigenvalues.sum()), reason=reason, mean=mean,
         options={"tau": tau, "alpha": alpha},
     )

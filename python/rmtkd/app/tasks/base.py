@@ -43,11 +43,18 @@ class Settings:
     calibration_samples: Optional[int] = None
     validation_samples: Optional[int] = None
     max_metric_drop: Optional[float] = None
+    early_stopping: int = 0
     no_fine_tune: bool = False
     teacher_epochs: int = 1
     teacher_lr: Optional[float] = None
     distill_steps: int = 20
     latency_seq_len: int = 128
+
+    @property
+    def decides(self) -> str:
+        """The option whose decisions need a validation slice ("" when none does)."""
+        return ("--max-metric-drop" if self.max_metric_drop is not None
+                else "--early-stopping" if self.early_stopping else "")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Settings":
@@ -141,14 +148,14 @@ def split_train(count: int, settings: Settings) -> tuple[list[int], list[int], l
     """Disjoint (calibration, validation, training) index subsets of a training set of ``count`` rows.
 
     Calibration: --calibration-samples (default a tenth). Validation, the data the run's decisions are made on
-    (--max-metric-drop): --validation-samples (default a tenth where a decision needs it, else none). Training
-    (the teacher's fine-tuning and distillation): up to --train-samples of the rest."""
+    (--max-metric-drop, --early-stopping): --validation-samples (default a tenth where a decision needs it, else
+    none). Training (the teacher's fine-tuning and distillation): up to --train-samples of the rest."""
     calibration = settings.calibration_samples or count // 10
     validation = settings.validation_samples
     if validation is None:
-        validation = count // 10 if settings.max_metric_drop is not None else 0
-    if settings.max_metric_drop is not None and validation < 1:
-        raise ValueError("--validation-samples: --max-metric-drop decides on a validation slice of the training "
+        validation = count // 10 if settings.decides else 0
+    if settings.decides and validation < 1:
+        raise ValueError(f"--validation-samples: {settings.decides} decides on a validation slice of the training "
                          "data (never on --eval); give it at least 1 example")
     if calibration < 2 or count - calibration - validation < 1:
         raise ValueError(f"--calibration-samples: {count} training rows are too few for {calibration} calibration "

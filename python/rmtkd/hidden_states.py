@@ -1,0 +1,57 @@
+"""Intermediate representations for distillation: capture the outputs of a model's blocks during a forward pass and
+measure how far a student's are from a teacher's.
+
+The blocks are the modules the model's adapter names (:meth:`rmtkd.adapters.ModelAdapter.hidden_modules`: a
+transformer's embeddings and layers, a CNN's stages). RMT-KD's projections act inside the blocks and leave their
+output width unchanged, so a compressed student's block outputs live in the teacher's space and are compared
+directly, with no learnt mapping (as TinyBERT needs for a narrower student).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+
+@contextlib.contextmanager
+def captured_outputs(model: nn.Module, names: list[str]) -> Iterator[list[Tensor]]:
+    """While the context is open, every forward pass of ``model`` appends the output of each module in ``names``
+    (its first tensor, for modules that return tuples) to the yielded list, in the order the modules run."""
+    outputs: list[Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: tuple, output: object) -> None:
+        outputs.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+    handles = [model.get_submodule(name).register_forward_hook(keep) for name in names]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def unexplained_variance(student: Tensor, teacher: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """‖student − teacher‖² / ‖teacher − its mean over rows‖²: the fraction of the teacher representation's
+    variance the student does not reproduce (1 − R²). With ``mask`` (a bool mask of real tokens over the leading
+    dimensions) the rows are the real tokens; without, the first dimension indexes the rows. Zero exactly when the
+    two agree; scale-free, so terms of layers of different magnitudes compare with each other and with the logit
+    losses."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"student: its hidden state has shape {tuple(student.shape)} and the teacher's "
+                         f"{tuple(teacher.shape)}; representations are compared only between models of one shape")
+    student, teacher = student.float(), teacher.float()
+    if mask is not None and tuple(mask.shape) == tuple(teacher.shape[:mask.dim()]):
+        student, teacher = student[mask], teacher[mask]
+    spread = (teacher - teacher.mean(0)).pow(2).sum().clamp_min(torch.finfo(torch.float32).tiny)
+    return (student - teacher).pow(2).sum() / spread
+
+
+def hidden_state_loss(student: list[Tensor], teacher: list[Tensor], mask: Optional[Tensor] = None) -> Tensor:
+    """The mean of :func:`unexplained_variance` over the captured blocks (student and teacher in one order)."""
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"student: captured {len(student)} block outputs and the teacher {len(teacher)}; expected "
+                         "the same positive number (one per block the adapter names)")
+    mask = None if mask is None else mask.to(device=student[0].device, dtype=torch.bool)
+    return torch.stack([unexplained_variance(s, t, mask) for s, t in zip(student, teacher)]).mean()
