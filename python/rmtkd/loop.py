@@ -158,9 +158,8 @@ def _check_data(task: Task, config: LoopConfig) -> None:
     needed = ("calibration_batches", "eval_batches") + (("validation_batches",) if _decides(config) else ())
     for name in needed:
         if len(getattr(task, name)) == 0:
-            why = (" (max_metric_drop and early stopping decide on held-out training data, never on the evaluation "
-                   "data)"
-                   if name == "validation_batches" else "")
+            why = (" (max_metric_drop and early stopping decide on held-out training data, never on the "
+                   "evaluation data)" if name == "validation_batches" else "")
             raise ValueError(f"task.{name}: this process's share of the data is empty{why}; give every process some")
 
 

@@ -309,8 +309,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--target-reduction", type=float, default=None, help="stop at this fraction fewer parameters")
     c.add_argument("--ranks", choices=("rule", "budget"), default="rule",
                    help="rule: each site's rank from its own noise threshold (the paper's); budget: ranks planned "
-                        "over all sites to meet --target-reduction, spending parameters where the spectra keep "
-                        "the most variance per parameter")
+                        "over all sites to meet --target-reduction, keeping the directions that stand highest above "
+                        "their own site's noise edge")
     c.add_argument("--max-metric-drop", "--max-accuracy-drop", type=float, default=None,
                    help="roll back a step that leaves the metric on the validation slice (--validation-samples) "
                         "worse than the original's by more than this (accuracy: a fraction, 0.01 = 1 point; "
