@@ -201,7 +201,8 @@ def distill(
                                                  config.temperature)
                 if hidden:
                     mask = batch.get(adapter.mask_key) if adapter.mask_key else None
-                    loss = loss + config.hidden_weight * hidden_state_loss(student_states, teacher_states, mask)
+                    matched = hidden_state_loss(student_states, teacher_states, mask, workers)
+                    loss = loss + config.hidden_weight * matched
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from rmtkd.sites import Site
 
@@ -61,6 +61,14 @@ class Workers:
         buffer = torch.tensor(list(values), dtype=torch.float64, device=self._device())
         _dist().all_reduce(buffer, group=self.group)
         return buffer.tolist()
+
+    def all_sum(self, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over the ranks (the tensor itself in one process), on its own device."""
+        if not self.distributed:
+            return tensor
+        buffer = tensor.to(self._device())
+        _dist().all_reduce(buffer, group=self.group)
+        return buffer.to(tensor.device)
 
     def gather(self, value: T) -> list[T]:
         """Every rank's ``value`` (picklable), in rank order."""

@@ -212,5 +212,21 @@ def test_budgeted_run_with_hidden_state_distillation_and_early_stopping(tmp_path
     markdown = (out / "report.md").read_text()
     assert "## Rank budget" in markdown and "| site | d | k | variance kept | rule k |" in markdown
     assert "validation_accuracy" in report["final"]
-    capsys.readouterr()
+    assert "cannot check that the validation slice" not in capsys.readouterr().out  # its teacher is its own
     assert main(args) == 0 and "resuming after step 3 of 3" in capsys.readouterr().out
+
+
+@needs_minilm
+def test_a_teacher_trained_elsewhere_is_noted_when_the_run_decides_on_a_validation_slice(tmp_path, tiny_model):
+    """rmtkd cannot know what a reused teacher was trained on: a run that decides on its validation slice says
+    so; one that decides nothing, or fine-tunes its own teacher, does not."""
+    from rmtkd.app.tasks import TASKS, Settings
+
+    def notes(**options) -> list[str]:
+        lines: list[str] = []
+        TASKS["text"].teacher(Settings(model=str(tiny_model), **options), None, [], tmp_path, lines.append, None)
+        return [line for line in lines if "cannot check that the validation slice" in line]
+
+    assert len(notes(no_fine_tune=True, early_stopping=2)) == 1
+    assert "--max-metric-drop decides on" in notes(no_fine_tune=True, max_metric_drop=1.0)[0]
+    assert notes(no_fine_tune=True) == []

