@@ -47,11 +47,16 @@ def finish(process: subprocess.Popen, seconds: float = 240) -> tuple[int, str]:
 
 
 def test_two_processes_compress_write_once_and_resume(data, tmp_path, capsys):
+    """With hidden-state distillation, early stopping on the validation slice and a recovery pass. (130
+    validation rows make three batches of 64, so the 3-process attempt below gets as far as the checkpoint.)"""
     out = tmp_path / "run"
-    code, output = finish(torchrun(2, compress_args(data, out, "--distill-steps", "2", "--baselines")))
+    args = compress_args(data, out, "--distill-steps", "2", "--baselines", "--distill-mode", "hidden",
+                         "--early-stopping", "1", "--validation-samples", "130", "--recovery-steps", "2")
+    code, output = finish(torchrun(2, args))
     assert code == 0, output
     report = json.loads((out / "report.json").read_text())
     assert report["processes"] == 2 and report["final"]["parameters"] < report["original"]["parameters"]
+    assert report["recovery"]["distillation"]["early_stopping"]["checks"][0]["step"] == 0
     assert output.count("| RMT-KD |") == 1  # one rank reports
     manifest = json.loads((out / ".rmtkd-manifest.json").read_text())["files"]
     assert {"run.json", "report.json", "model/model.safetensors", "teacher/config.json"} <= set(manifest)
@@ -61,9 +66,9 @@ def test_two_processes_compress_write_once_and_resume(data, tmp_path, capsys):
                  "--latency-seq-len", "8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(report["final"]["accuracy"])
 
-    code, output = finish(torchrun(2, compress_args(data, out, "--distill-steps", "2", "--baselines")))
+    code, output = finish(torchrun(2, args))
     assert code == 0 and "resuming after step 3 of 3" in output, output
-    code, output = finish(torchrun(3, compress_args(data, out, "--distill-steps", "2", "--baselines")))
+    code, output = finish(torchrun(3, args))
     assert code != 0 and "was made by 2 process(es) and this run has 3; resume with 2" in output, output
 
 
