@@ -35,12 +35,14 @@ def captured_outputs(model: nn.Module, names: list[str]) -> Iterator[list[Tensor
 
 
 def _rows(student: Tensor, teacher: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """Student and teacher as (rows, features) float tensors: the real tokens with ``mask`` (a bool mask over the
-    leading dimensions), else one row per entry of the first dimension."""
+    """Student and teacher as (rows, features) tensors of at least fp32 precision (float64 stays float64): the
+    real tokens with ``mask`` (a bool mask over the leading dimensions), else one row per entry of the first
+    dimension."""
     if student.shape != teacher.shape:
         raise ValueError(f"student: its hidden state has shape {tuple(student.shape)} and the teacher's "
                          f"{tuple(teacher.shape)}; representations are compared only between models of one shape")
-    student, teacher = student.float(), teacher.float()
+    dtype = torch.promote_types(teacher.dtype, torch.float32)
+    student, teacher = student.to(dtype), teacher.to(dtype)
     if mask is not None and tuple(mask.shape) == tuple(teacher.shape[:mask.dim()]):
         student, teacher = student[mask], teacher[mask]
     return student.flatten(1), teacher.flatten(1)
