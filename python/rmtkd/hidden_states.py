@@ -43,7 +43,10 @@ def _rows(student: Tensor, teacher: Tensor, mask: Optional[Tensor]) -> tuple[Ten
                          f"{tuple(teacher.shape)}; representations are compared only between models of one shape")
     dtype = torch.promote_types(teacher.dtype, torch.float32)
     student, teacher = student.to(dtype), teacher.to(dtype)
-    if mask is not None and tuple(mask.shape) == tuple(teacher.shape[:mask.dim()]):
+    if mask is not None:
+        if tuple(mask.shape) != tuple(teacher.shape[:mask.dim()]):
+            raise ValueError(f"mask: expected the leading dimensions {tuple(teacher.shape[:mask.dim()])} of the "
+                             f"block outputs it selects real tokens of, got shape {tuple(mask.shape)}")
         student, teacher = student[mask], teacher[mask]
     return student.flatten(1), teacher.flatten(1)
 
