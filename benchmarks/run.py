@@ -4,7 +4,7 @@
     python benchmarks/run.py --quick             # tiny shapes: a few seconds (+ end to end if a run exists)
     python benchmarks/run.py --models runs/x/teacher runs/x/model --device cpu
 
-Results go to benchmarks/results/<device>/ (kernels.*, end_to_end.*); see kernels.py and end_to_end.py.
+Results go to benchmarks/results/<device>/ (kernels.*, end_to_end.*); see kernel_benchmark.py and end_to_end.py.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import end_to_end  # noqa: E402
-import kernels  # noqa: E402
+import kernel_benchmark  # noqa: E402
 
 DEFAULT_RUN = Path("runs/bbc-news-minilm")
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     common = (["--quick"] if args.quick else []) + (["--device", args.device] if args.device else []) \
         + (["--out", args.out] if args.out else [])
-    status = kernels.main(common)
+    status = kernel_benchmark.main(common)
     if args.models:
         status = status or end_to_end.main(common + ["--models", *args.models])
     elif (DEFAULT_RUN / "model").is_dir():

@@ -5,7 +5,7 @@
     RMTKD_BENCH_QUICK=1 pytest benchmarks/test_kernel_timings.py --benchmark-disable   # smoke (CI)
 
 Each case checks its result against the float64 reference once, then times it; the baselines (full GEMM Gram,
-two linears) are timed beside the ops in the same session. kernels.py writes the JSON/markdown tables.
+two linears) are timed beside the ops in the same session. kernel_benchmark.py writes the JSON/markdown tables.
 """
 from __future__ import annotations
 

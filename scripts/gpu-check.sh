@@ -112,8 +112,8 @@ sanitizer() {
 }
 
 kernel_benchmarks() {
-  if [ "$SMOKE" = 1 ]; then "$PY" benchmarks/kernels.py --quick --device cpu --out "$OUT"
-  else "$PY" benchmarks/kernels.py --device cuda --out "$OUT"; fi
+  if [ "$SMOKE" = 1 ]; then "$PY" benchmarks/kernel_benchmark.py --quick --device cpu --out "$OUT"
+  else "$PY" benchmarks/kernel_benchmark.py --device cuda --out "$OUT"; fi
 }
 
 compress_and_end_to_end() {

@@ -3,7 +3,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "kernel_benchmark.py"
 
 
 def test_quick_run_writes_json_and_markdown(tmp_path):

@@ -207,3 +207,13 @@ def test_distributed_calibration_benchmark_quick(tmp_path):
     rows = json.loads((tmp_path / "cpu" / "distributed.json").read_text())["rows"]
     assert [row["processes"] for row in rows] == [1, 2] and rows[0]["tokens"] == rows[1]["tokens"] > 0
     assert rows[0]["reduction_s"] == 0 and rows[1]["reduction_s"] > 0 and 0 < rows[1]["reduction_share"] < 1
+
+
+def test_no_benchmark_script_shadows_an_installed_package():
+    """A script's folder comes first on sys.path, so benchmarks/<name>.py hides an installed package <name> from
+    every library the script imports (transformers imports the `kernels` package when it is installed)."""
+    import importlib.metadata
+
+    installed = importlib.metadata.packages_distributions()
+    shadowing = sorted(script.stem for script in BENCHMARKS.glob("*.py") if script.stem in installed)
+    assert not shadowing, f"benchmarks/ scripts named like installed packages: {shadowing}"

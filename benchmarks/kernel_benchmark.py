@@ -1,8 +1,8 @@
 """Kernel benchmark: cov_accumulate and projected_linear, every backend here vs. what a user would write.
 
-    python benchmarks/kernels.py            # full shapes on the default device (cuda if present)
-    python benchmarks/kernels.py --quick    # tiny shapes, a few calls: CI's smoke run
-    python benchmarks/kernels.py --device cpu --out benchmarks/results
+    python benchmarks/kernel_benchmark.py            # full shapes on the default device (cuda if present)
+    python benchmarks/kernel_benchmark.py --quick    # tiny shapes, a few calls: CI's smoke run
+    python benchmarks/kernel_benchmark.py --device cpu --out benchmarks/results
 
 Prints and writes <out>/<device>/kernels.{json,md}: median time per call, achieved FLOP/s and bytes/s, the
 fraction of this device's roofline (peak GEMM rate and copy bandwidth measured in the same run), and each
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(device)
     markdown = "\n\n".join([
         f"# Kernel benchmark ({device_slug(device)}{', quick' if args.quick else ''})",
-        "Command: `python benchmarks/kernels.py" + (" --quick" if args.quick else "") + f" --device {device.type}`",
+        "Command: `python benchmarks/kernel_benchmark.py" + (" --quick" if args.quick else "") + f" --device {device.type}`",
         f"Machine: `{info}`",
         f"Roofline measured in this run: GEMM {roof['gemm_flops'] / 1e12:.3g} TFLOP/s ({roof_dtype}), "
         f"copy {roof['copy_bytes_per_s'] / 1e9:.3g} GB/s. effective_TFLOPs counts 2·n·d² (a full GEMM's work "
