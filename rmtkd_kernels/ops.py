@@ -14,6 +14,7 @@ from typing import Callable, Optional, TypeVar
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
 from rmtkd_kernels import reference
 from rmtkd_kernels.backends import choose_backend, get_backend
@@ -109,6 +110,14 @@ def _projected_linear_backward(ctx, grad: Tensor):
 
 
 _projected_linear_op.register_autograd(_projected_linear_backward, setup_context=_projected_linear_setup)
+
+
+@register_flop_formula(torch.ops.rmtkd.projected_linear)
+def _projected_linear_flops(x_shape, basis_shape, weight_shape, *args, **kwargs) -> int:
+    """What torch's FLOP counter charges the op: its two products, as it charges the reference's two matmuls (a
+    backend's kernel is opaque to the counter, which would otherwise count nothing)."""
+    rows, rank, out_features = x_shape[0], basis_shape[1], weight_shape[0]
+    return 2 * rows * rank * (basis_shape[0] + out_features)
 
 
 def projected_linear(

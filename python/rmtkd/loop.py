@@ -26,9 +26,9 @@ from rmtkd.atomic import write_text_atomically
 from rmtkd.calibration import SelectionConfig, calibrate, discover_sites, select_site
 from rmtkd.distill import DistillConfig, NonFiniteLoss, distill
 from rmtkd.distributed import Workers
-from rmtkd.metrics import count_parameters, forward_flops
+from rmtkd.metrics import count_parameters, flops_by_module, forward_flops
 from rmtkd.persistence import load_compressed, read_meta, save_compressed
-from rmtkd.rank_budget import SiteCost, plan_ranks
+from rmtkd.rank_budget import Budget, LinearCost, SiteCost, plan_ranks
 from rmtkd.sites import Site
 from rmtkd.spectral import SubspaceSelection
 from rmtkd.surgery import Rewrite, apply_structure, rewrite_site
@@ -53,6 +53,8 @@ class LoopConfig:
     # "rule": every site's rank from its own noise threshold (the paper's); "budget": ranks planned over all the
     # sites the rule projects so that the model meets target_reduction (rmtkd.rank_budget).
     ranks: str = "rule"
+    # A rank budget's second cap: this fraction fewer forward FLOPs (counted on the first calibration batch).
+    target_flop_reduction: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.granularity not in ("site", "block"):
@@ -63,6 +65,12 @@ class LoopConfig:
             raise ValueError(f"ranks: expected 'rule' or 'budget', got {self.ranks!r}")
         if self.ranks == "budget" and self.target_reduction is None:
             raise ValueError("ranks: a rank budget is planned to meet target_reduction; set it (e.g. 0.8)")
+        if self.target_flop_reduction is not None:
+            if not 0 < self.target_flop_reduction < 1:
+                raise ValueError(f"target_flop_reduction: expected a fraction in (0, 1), got "
+                                 f"{self.target_flop_reduction!r}")
+            if self.ranks != "budget":
+                raise ValueError("target_flop_reduction: only a rank budget plans for FLOPs; set ranks='budget'")
         if self.recovery is not None and self.recovery.steps < 1:
             raise ValueError(f"recovery: a recovery pass needs at least 1 step, got {self.recovery.steps} (leave "
                              "recovery unset for none)")
@@ -77,6 +85,8 @@ class LoopConfig:
             settings["recovery"] = self.recovery.settings()
         if self.ranks == "rule":
             del settings["ranks"]
+        if self.target_flop_reduction is None:
+            del settings["target_flop_reduction"]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -210,8 +220,10 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
         say(f"original: {original_params:,} parameters, {metric} {state['original'][metric]:.4f}")
         if config.ranks == "budget":
             plan = state["rank_plan"] = _plan_ranks(model, groups, task, config, progress, workers)
+            flops = "" if "flop_target" not in plan else (f", {plan['flops']:,} FLOPs on a calibration batch "
+                                                           f"(target {plan['flop_target']:,})")
             say(f"rank budget: {len(plan['ranks'])} sites planned to {plan['parameters']:,} parameters (target "
-                f"{plan['target']:,})")
+                f"{plan['target']:,}){flops}: ranks {sorted(set(plan['ranks'].values()))}")
     else:
         model, state = resumed
         say(f"resuming after step {state['next_step']} of {len(groups)} from {out_dir / CHECKPOINT}")
@@ -366,23 +378,60 @@ def _plan_ranks(model: nn.Module, groups: list[list[Site]], task: Task, config: 
         site.accumulator = None
     candidates = [(site, selection, decision) for site, (selection, decision) in zip(sites, selections)
                   if 0 < selection.k and decision["parameters_after"] < decision["parameters_before"]]
+    chosen = _one_rewrite_per_module(candidates)
+    capped = config.target_flop_reduction is not None  # FLOPs are counted (on two copies) only for a FLOP cap
+    total_flops, flops = (workers.broadcast(_site_flops(model, [site for site, _, _ in chosen], task)) if capped
+                          else (None, {}))
     costs, rule = [], {}
-    for site, selection, decision in _one_rewrite_per_module(candidates):
+    for site, selection, decision in chosen:
         dense, one = site.parameters(model, 1)
         per_rank = site.parameters(model, 2)[1] - one
-        costs.append(SiteCost(site.name, selection.eigenvalues, selection.edge, one - per_rank, per_rank, dense))
+        costs.append(SiteCost(site.name, selection.eigenvalues, selection.edge,
+                              LinearCost(one - per_rank, per_rank, dense), flops.get(site.name, LinearCost(0, 0, 0))))
         rule[site.name] = selection.k
     total = count_parameters(model)
-    plan = plan_ranks(costs, total, int(total * (1 - config.target_reduction)))
-    return {
-        "ranks": plan.ranks, "parameters": plan.parameters, "target": plan.target,
-        "strength": plan.strength,
-        "sites": [{"site": cost.name, "d": int(cost.eigenvalues.size), "k": plan.ranks[cost.name],
-                   "variance_kept": cost.variance_kept(plan.ranks[cost.name]), "rule_k": rule[cost.name],
-                   "rule_variance_kept": cost.variance_kept(rule[cost.name]), "parameters_before": cost.dense,
-                   "parameters_after": cost.parameters(plan.ranks[cost.name])}
-                  for cost in costs if cost.name in plan.ranks],
-    }
+    flop_target = int(total_flops * (1 - config.target_flop_reduction)) if capped else None
+    plan = plan_ranks(costs, Budget(total, total_flops),
+                      Budget(int(total * (1 - config.target_reduction)), flop_target))
+    sites = []
+    for cost in costs:
+        if cost.name in plan.ranks:
+            k = plan.ranks[cost.name]
+            sites.append({"site": cost.name, "d": int(cost.eigenvalues.size), "k": k,
+                          "variance_kept": cost.variance_kept(k), "rule_k": rule[cost.name],
+                          "rule_variance_kept": cost.variance_kept(rule[cost.name]),
+                          "parameters_before": cost.parameters.dense, "parameters_after": cost.parameters.at(k)}
+                         | ({"flops_before": cost.flops.dense, "flops_after": cost.flops.at(k)} if capped else {}))
+    return {"ranks": plan.ranks, "parameters": plan.parameters, "target": plan.target.parameters,
+            "strength": plan.strength, "sites": sites} | (
+        {"flops": plan.flops, "flops_before": total_flops, "flop_target": flop_target, "flop_price": plan.flop_price}
+        if capped else {})
+
+
+def _site_flops(model: nn.Module, sites: list[Site], task: Task) -> tuple[int, dict[str, LinearCost]]:
+    """The model's forward FLOPs on the first calibration batch, and what each site's modules take of them, dense
+    and at any rank: counted, not modelled, on copies rebuilt at ranks 1 and 2 (a FLOP count is linear in the
+    rank), so every site kind, stride and table lookup is counted as torch counts it."""
+    def counted(rank: Optional[int]) -> tuple[int, dict[str, int]]:
+        copied = model if rank is None else copy.deepcopy(model)
+        for site in sites if rank is not None else ():
+            site.rebuild(copied, rank)
+        return flops_by_module(copied, task.adapter.forward, task.calibration_batches[0])
+
+    (total, dense), (_, one), (_, two) = counted(None), counted(1), counted(2)
+
+    def site_flops(counts: dict[str, int], site: Site) -> int:
+        return sum(counts.get(name, 0) for name in site.names)
+
+    costs = {}
+    for site in sites:
+        per_rank = site_flops(two, site) - site_flops(one, site)
+        costs[site.name] = LinearCost(site_flops(one, site) - per_rank, per_rank, site_flops(dense, site))
+    if sites and not any(cost.per_rank for cost in costs.values()):
+        raise ValueError("target_flop_reduction: torch's FLOP counter attributes no FLOPs to the sites' modules in "
+                         "this model's forward (is the adapter's forward calling the model itself?); leave the FLOP "
+                         "cap unset")
+    return total, costs
 
 
 Candidate = tuple[Site, SubspaceSelection, dict[str, Any]]  # a site that would save parameters, with its decision

@@ -18,13 +18,21 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
 def forward_flops(model: nn.Module, forward: Forward, batch: dict) -> int:
     """FLOPs of one forward over ``batch``, as torch's FlopCounterMode counts them."""
+    return flops_by_module(model, forward, batch)[0]
+
+
+@torch.no_grad()
+def flops_by_module(model: nn.Module, forward: Forward, batch: dict) -> tuple[int, dict[str, int]]:
+    """FLOPs of one forward over ``batch``: the total, and each module's (its submodules' included) by name."""
     counter = FlopCounterMode(display=False)
     with counter:
         forward(model, batch)
-    return int(counter.get_total_flops())
+    root = type(model).__name__ + "."  # the counter names modules from the root's class name
+    by_module = {name[len(root):]: sum(counts.values()) for name, counts in counter.get_flop_counts().items()
+                 if name.startswith(root)}
+    return int(counter.get_total_flops()), by_module
 
 
 BLOCK_SECONDS = 0.1  # one block of timed calls of one run before the next run's block

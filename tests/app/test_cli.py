@@ -192,16 +192,16 @@ def test_the_validation_slice_is_disjoint_from_calibration_training_and_evaluati
 
 @needs_minilm
 def test_budgeted_run_with_hidden_state_distillation_and_early_stopping(tmp_path, tiny_model, capsys):
-    """The new mode end to end: ranks planned to a target, block outputs matched, checks on the validation
-    slice; report.md says what the budget chose."""
+    """The new mode end to end: ranks planned to a parameter target and a FLOP cap, block outputs matched,
+    checks on the validation slice; report.md says what the budget chose."""
     write_table(tmp_path / "train.tsv", 400, seed=1)
     write_table(tmp_path / "dev.tsv", 64, seed=2)
     args = ["compress", "--model", str(tiny_model), "--train", str(tmp_path / "train.tsv"),
             "--eval", str(tmp_path / "dev.tsv"), "--out", str(tmp_path / "out"), "--train-samples", "192",
             "--calibration-samples", "96", "--validation-samples", "48", "--distill-steps", "4", "--max-len", "16",
             "--noise", "quantile", "--tau", "0.6", "--latency-seq-len", "16", "--ranks", "budget",
-            "--target-reduction", "0.5", "--distill-mode", "hidden", "--warmup", "0.25", "--early-stopping", "2",
-            "--recovery-steps", "4"]
+            "--target-reduction", "0.5", "--target-flop-reduction", "0.55", "--distill-mode", "hidden", "--warmup",
+            "0.25", "--early-stopping", "2", "--recovery-steps", "4"]
     assert main(args) == 0
     out = tmp_path / "out"
     report = json.loads((out / "report.json").read_text())
@@ -211,6 +211,9 @@ def test_budgeted_run_with_hidden_state_distillation_and_early_stopping(tmp_path
     assert "early_stopping" in report["recovery"]["distillation"]
     markdown = (out / "report.md").read_text()
     assert "## Rank budget" in markdown and "| site | d | k | variance kept | rule k |" in markdown
+    plan = report["rank_plan"]
+    assert plan["flops"] <= plan["flop_target"] == int(plan["flops_before"] * 0.45)
+    assert f"the cap of {plan['flop_target']:,} forward FLOPs" in markdown
     assert "validation_accuracy" in report["final"]
     assert "cannot check that the validation slice" not in capsys.readouterr().out  # its teacher is its own
     assert main(args) == 0 and "resuming after step 3 of 3" in capsys.readouterr().out

@@ -120,6 +120,7 @@ def cases(root: Path, bert: Path, decoder: Path, model_folder: Path) -> list[tup
         ("a metric budget with no validation slice to decide on", command(*compress, *data, "--max-metric-drop",
                                                                           "0.01", "--validation-samples", "0")),
         ("a rank budget without a target", command(*compress, *data, "--ranks", "budget")),
+        ("a FLOP cap without a rank budget", command(*compress, *data, "--target-flop-reduction", "0.8")),
         ("a hidden-state weight without hidden-state distillation", command(*compress, *data, "--hidden-weight",
                                                                             "2")),
         ("a warm-up of all the steps", command(*compress, *data, "--warmup", "1")),

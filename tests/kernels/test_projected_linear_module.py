@@ -6,6 +6,7 @@ import io
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from rmtkd_kernels import ProjectedLinear
 from tests.kernels.helpers import backend_params
@@ -56,6 +57,23 @@ def test_state_dict_round_trip():
     restored.load_state_dict(torch.load(buffer))
     x = torch.randn(3, 20)
     assert torch.equal(layer(x), restored(x))
+
+
+@pytest.mark.parametrize("device,backend", backend_params("projected_linear"))
+def test_flop_counter_charges_every_backend_the_layers_two_products(device, backend):
+    """A fused kernel is opaque to torch's FLOP counter: the op's registered formula charges what the reference's
+    two matmuls are charged, so reports and FLOP budgets count alike on every backend."""
+    layer = ProjectedLinear(37, 29, 7, backend=backend).to(device)
+    x = torch.randn(3, 11, 37, device=device)[:, ::2]  # 18 rows, not contiguous
+    expected = layer.flops(rows=18)
+    assert expected == 2 * 18 * 7 * (37 + 29)
+    for run in (lambda: layer(x),  # as the layer dispatches it (the reference is plain torch)
+                lambda: torch.ops.rmtkd.projected_linear(x.reshape(-1, 37), layer.basis, layer.weight, layer.bias,
+                                                         backend)):  # through the opaque op
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            run()
+        assert counter.get_total_flops() == expected
 
 
 @pytest.mark.parametrize("device,backend", backend_params("projected_linear"))

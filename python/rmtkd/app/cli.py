@@ -93,11 +93,14 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
                          f"{args.recovery_steps}")
     if args.ranks == "budget" and args.target_reduction is None:
         raise ValueError("--ranks budget: plans every site's rank to meet --target-reduction; give it (e.g. 0.8)")
+    if args.target_flop_reduction is not None and args.ranks != "budget":
+        raise ValueError("--target-flop-reduction: only a rank budget plans for FLOPs; add --ranks budget")
     return LoopConfig(
         selection=selection_config(args),
         distill=distill_config(args, args.distill_steps, args.distill_lr),
         target_reduction=args.target_reduction, max_metric_drop=args.max_metric_drop,
         granularity=args.granularity, seed=args.seed, ranks=args.ranks,
+        target_flop_reduction=args.target_flop_reduction,
         recovery=None if not args.recovery_steps else distill_config(args, args.recovery_steps,
                                                                       args.recovery_lr or args.distill_lr),
     )
@@ -311,6 +314,9 @@ def parser() -> argparse.ArgumentParser:
                    help="rule: each site's rank from its own noise threshold (the paper's); budget: ranks planned "
                         "over all sites to meet --target-reduction, keeping the directions that stand highest above "
                         "their own site's noise edge")
+    c.add_argument("--target-flop-reduction", type=float, default=None,
+                   help="with --ranks budget: also cap the forward FLOPs at this fraction fewer; the encoder's ranks "
+                        "stop at the cap and the parameters left go to the embeddings, which cost no FLOPs")
     c.add_argument("--max-metric-drop", "--max-accuracy-drop", type=float, default=None,
                    help="roll back a step that leaves the metric on the validation slice (--validation-samples) "
                         "worse than the original's by more than this (accuracy: a fraction, 0.01 = 1 point; "

@@ -83,15 +83,24 @@ def rank_plan_section(report: dict[str, Any]) -> list[str]:
     if not plan:
         return []
     bar = "rank 1 everywhere" if plan["strength"] is None else f"λ / λ₊ ≥ {plan['strength']:.3g}"
+    flops, order = "", "by their height over their own noise edge"
+    if "flop_target" in plan:
+        flops = (f" and the cap of {plan['flop_target']:,} forward FLOPs on a calibration batch (planned: "
+                 f"{plan['flops']:,} of {plan['flops_before']:,})")
+        if plan["flop_price"]:
+            order += f" less {plan['flop_price']:.3g} × the fraction of the model's FLOPs each costs"
     lines = ["## Rank budget", "",
              f"Ranks planned over {len(plan['ranks'])} sites to meet the target of {plan['target']:,} parameters "
-             f"(planned: {plan['parameters']:,}): the strongest directions of all sites by their height over their "
-             f"own noise edge, down to {bar}; the threshold rule alone would keep the `rule k` column.", "",
-             "| site | d | k | variance kept | rule k | rule variance kept | parameters |",
-             "|---|---|---|---|---|---|---|"]
+             f"(planned: {plan['parameters']:,}){flops}: the strongest directions of all sites {order}, down "
+             f"to {bar}; the threshold rule alone would keep the `rule k` column.", "",
+             "| site | d | k | variance kept | rule k | rule variance kept | parameters |"
+             + (" FLOPs |" if flops else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if flops else "")]
     lines += [f"| {site['site']} | {site['d']} | {site['k']} | {100 * site['variance_kept']:.1f}% | "
               f"{site['rule_k']} | {100 * site['rule_variance_kept']:.1f}% | "
-              f"{site['parameters_before']:,} → {site['parameters_after']:,} |" for site in plan["sites"]]
+              f"{site['parameters_before']:,} → {site['parameters_after']:,} |"
+              + (f" {site['flops_before']:.3g} → {site['flops_after']:.3g} |" if flops else "")
+              for site in plan["sites"]]
     return lines + [""]
 
 
