@@ -35,7 +35,9 @@ from rmtkd.training import lr_factor
 DISTILL_MODES = ("logits", "hidden")
 # Settings added after the first release, and the values that mean "as before": a run's fingerprint leaves them
 # out at those values, so a run folder made before them still resumes.
-_LATER_SETTINGS = {"mode": "logits", "hidden_weight": 1.0, "warmup": 0.0, "check_every": 0, "patience": 2}
+_LATER_SETTINGS = {"mode": "logits", "hidden_weight": 1.0, "warmup": 0.0, "check_every": 0, "patience": 2,
+                   "score": "metric"}
+EARLY_STOPPING_SCORES = ("loss", "metric")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ class DistillConfig:
     warmup: float = 0.0  # fraction of the steps over which the learning rate rises linearly from 0
     check_every: int = 0  # early stopping: steps between checks on the validation data (0: no early stopping)
     patience: int = 2  # checks without improvement before stopping
+    # What early stopping watches on the validation data: "loss", the adapter's task loss per item (cross-entropy:
+    # continuous, so a check is not decided by a handful of examples), or "metric", the adapter's metric (accuracy
+    # moves in steps of one example and is noisy at the scale of what distillation changes).
+    score: str = "loss"
 
     def __post_init__(self) -> None:
         if self.sharding not in ("ddp", "fsdp"):
@@ -67,6 +73,8 @@ class DistillConfig:
             raise ValueError(f"warmup: expected a fraction of the steps in [0, 1), got {self.warmup!r}")
         if self.check_every < 0:
             raise ValueError(f"check_every: expected 0 (off) or a number of steps, got {self.check_every!r}")
+        if self.score not in EARLY_STOPPING_SCORES:
+            raise ValueError(f"score: expected one of {EARLY_STOPPING_SCORES}, got {self.score!r}")
         if self.patience < 1:
             raise ValueError(f"patience: expected at least 1 check, got {self.patience!r}")
         if self.check_every and self.sharding == "fsdp":
@@ -81,9 +89,10 @@ class DistillConfig:
 
     def settings(self) -> dict[str, Any]:
         """The settings that identify a run (for its fingerprint): later settings at their "as before" values
-        are left out."""
+        are left out, and so is the early-stopping score without early stopping."""
         return {key: value for key, value in asdict(self).items()
-                if key not in _LATER_SETTINGS or value != _LATER_SETTINGS[key]}
+                if (key not in _LATER_SETTINGS or value != _LATER_SETTINGS[key])
+                and not (key == "score" and not self.check_every)}
 
 
 def _trainable(student: nn.Module, config: DistillConfig, workers: Workers, device: torch.device) -> nn.Module:
@@ -220,7 +229,7 @@ def distill(
     if stopping is not None:
         if stopping.history[-1][0] != len(losses):
             stopping.check(len(losses))
-        result["early_stopping"] = stopping.restore_best(len(losses))
+        result["early_stopping"] = {"score": config.score, **stopping.restore_best(len(losses))}
     student.eval()
     values = torch.stack(losses).tolist()
     bad = [step for step, value in enumerate(values) if not math.isfinite(value)]

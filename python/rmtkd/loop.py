@@ -179,8 +179,14 @@ def _decides(config: LoopConfig) -> bool:
             or (config.recovery is not None and config.recovery.check_every > 0))
 
 
-def _validation_score(task: Task, workers: Workers) -> Callable[[nn.Module], float]:
-    """Early stopping's score of a model: its metric on the validation slice, as a loss (lower is better)."""
+def _validation_score(task: Task, workers: Workers, score: str) -> Callable[[nn.Module], float]:
+    """Early stopping's score of a model on the validation slice, lower is better: its task loss per item
+    (``score`` "loss") or its metric ("metric")."""
+    if score == "loss":
+        def loss(model: nn.Module) -> float:
+            total, count = workers.sum(task.adapter.loss_sums(model, task.validation_batches))
+            return total / count
+        return loss
     return lambda model: task.adapter.metric.worsening(0.0, _evaluate(model, task, workers, task.validation_batches))
 
 
@@ -310,7 +316,8 @@ def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfi
     try:
         record["distillation"] = distill(model, teacher, task.train_batches(state["next_step"]), adapter,
                                          config.distill, progress=lambda it, total: progress(it, total, "distilling"),
-                                         workers=workers, validate=_validation_score(task, workers))
+                                         workers=workers,
+                                         validate=_validation_score(task, workers, config.distill.score))
     except NonFiniteLoss as error:
         return _rolled_back(record, teacher, f"rolled back: {error}", started, params_before)
     after = _evaluate(model, task, workers)
@@ -347,7 +354,8 @@ def _recover(model: nn.Module, task: Task, config: LoopConfig, state: dict[str, 
     try:
         record["distillation"] = distill(model, teacher, batches, task.adapter, config.recovery,
                                          progress=lambda it, total: progress(it, total, "recovering"),
-                                         workers=workers, validate=_validation_score(task, workers))
+                                         workers=workers,
+                                         validate=_validation_score(task, workers, config.recovery.score))
     except NonFiniteLoss as error:
         model, record["outcome"] = kept, f"undone: {error}"
     else:

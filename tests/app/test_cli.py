@@ -208,7 +208,7 @@ def test_budgeted_run_with_hidden_state_distillation_and_early_stopping(tmp_path
     assert report["parameter_reduction"] >= 0.5 and report["final"]["parameters"] == report["rank_plan"]["parameters"]
     distilled = [step["distillation"] for step in report["steps"] if "distillation" in step]
     assert distilled and all(d["early_stopping"]["checks"][0]["step"] == 0 for d in distilled)
-    assert "early_stopping" in report["recovery"]["distillation"]
+    assert report["recovery"]["distillation"]["early_stopping"]["score"] == "loss"  # the default
     markdown = (out / "report.md").read_text()
     assert "## Rank budget" in markdown and "| site | d | k | variance kept | rule k |" in markdown
     plan = report["rank_plan"]

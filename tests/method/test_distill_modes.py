@@ -115,8 +115,8 @@ def test_early_stopping_stops_after_patience_checks_and_keeps_the_best_student()
     result = distill(student, task.model, make_batches(4, 7), ClassifierOnIds(), config,
                      validate=lambda model: next(scores))
     assert result["steps"] == 6  # stopped at the second check without improvement
-    assert result["early_stopping"] == {"checks": [{"step": 0, "score": 0.5}, {"step": 3, "score": 0.6},
-                                                   {"step": 6, "score": 0.7}], "best_step": 0}
+    assert result["early_stopping"] == {"score": "loss", "checks": [{"step": 0, "score": 0.5}, {"step": 3, "score": 0.6},
+                                                                    {"step": 6, "score": 0.7}], "best_step": 0}
     assert all(torch.equal(start[k], v) for k, v in student.state_dict().items())
     improving = iter([0.5, 0.4, 0.3, 0.2, 0.1])
     result = distill(student, task.model, make_batches(4, 7), ClassifierOnIds(), config.__class__(
@@ -126,3 +126,40 @@ def test_early_stopping_stops_after_patience_checks_and_keeps_the_best_student()
         distill(student, task.model, make_batches(4, 7), ClassifierOnIds(), config)
     with pytest.raises(ValueError, match="check_every: early stopping .* FSDP"):
         DistillConfig(check_every=5, sharding="fsdp")
+
+
+def test_the_loss_early_stopping_watches_is_the_task_loss_per_item():
+    """A classifier's validation loss is its cross-entropy per example (against a float64 formula), a language
+    model's the sums its perplexity is made of; an adapter without one is named."""
+    from rmtkd.adapters.base import ModelAdapter
+    from rmtkd.loop import _validation_score
+    from rmtkd.distributed import SINGLE
+
+    task = trained_task()
+    batches = make_batches(3, seed=5, batch=7)
+    total, count = task.adapter.loss_sums(task.model, batches)
+    with torch.no_grad():
+        logits = torch.cat([task.adapter.forward(task.model, b) for b in batches]).double()
+    labels = torch.cat([b["labels"] for b in batches])
+    expected = -torch.log_softmax(logits, -1)[torch.arange(21), labels].sum()
+    assert count == 21 and total == pytest.approx(float(expected), rel=1e-5)
+    task.validation_batches = batches
+    assert _validation_score(task, SINGLE, "loss")(task.model) == pytest.approx(float(expected) / 21, rel=1e-5)
+    accuracy = float((logits.argmax(-1) == labels).double().mean())
+    assert _validation_score(task, SINGLE, "metric")(task.model) == pytest.approx(-accuracy)
+
+    class NoLoss(ClassifierOnIds):
+        loss_sums = ModelAdapter.loss_sums
+    with pytest.raises(ValueError, match="early stopping score 'loss': the NoLoss adapter does not compute a "
+                                         "validation loss"):
+        NoLoss().loss_sums(task.model, batches)
+    with pytest.raises(ValueError, match="score: expected one of"):
+        DistillConfig(score="accuracy")
+
+
+def test_the_early_stopping_score_identifies_a_run_only_where_it_decides():
+    plain = DistillConfig(steps=5)
+    assert DistillConfig(steps=5, score="metric").settings() == plain.settings()  # no early stopping: irrelevant
+    stopping = DistillConfig(steps=5, check_every=2)
+    assert "score" not in DistillConfig(steps=5, check_every=2, score="metric").settings()  # runs made before it
+    assert stopping.settings()["score"] == "loss"

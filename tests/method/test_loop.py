@@ -256,26 +256,36 @@ def test_recovery_pass_distills_against_the_original_once(tmp_path, monkeypatch)
         LoopConfig(recovery=DistillConfig(steps=0))
 
 
-def test_early_stopping_checks_the_validation_slice_never_the_evaluation_data(tmp_path, monkeypatch):
+@pytest.mark.parametrize("score", ["loss", "metric"])
+def test_early_stopping_checks_the_validation_slice_never_the_evaluation_data(tmp_path, monkeypatch, score):
     import rmtkd.loop as loop
 
     task = trained_task()
     task.validation_batches = make_batches(2, seed=99)
     seen = []
-    real = loop._evaluate
+    real_evaluate, real_loss_sums = loop._evaluate, task.adapter.loss_sums
 
     def evaluate(model, task_, workers, batches=None):
-        seen.append("validation" if batches is task_.validation_batches else "eval")
-        return real(model, task_, workers, batches)
+        seen.append(("metric", "validation" if batches is task_.validation_batches else "eval"))
+        return real_evaluate(model, task_, workers, batches)
+
+    def loss_sums(model, batches):
+        seen.append(("loss", "validation" if batches is task.validation_batches else "eval"))
+        return real_loss_sums(model, batches)
     monkeypatch.setattr(loop, "_evaluate", evaluate)
-    stopping = LoopConfig(selection=CONFIG.selection, distill=DistillConfig(steps=4, lr=1e-3, check_every=2),
-                          recovery=DistillConfig(steps=4, lr=1e-3, check_every=2))
+    monkeypatch.setattr(task.adapter, "loss_sums", loss_sums)
+    stopping = LoopConfig(selection=CONFIG.selection,
+                          distill=DistillConfig(steps=4, lr=1e-3, check_every=2, score=score),
+                          recovery=DistillConfig(steps=4, lr=1e-3, check_every=2, score=score))
     _, report = compress(task, stopping, tmp_path / "a", log=lambda message: None)
     distilled = [s["distillation"] for s in report["steps"] if "distillation" in s]
     assert distilled and all(d["early_stopping"]["checks"][0]["step"] == 0 for d in distilled)
-    checks = sum(len(d["early_stopping"]["checks"]) for d in distilled + [report["recovery"]["distillation"]])
+    stopped = distilled + [report["recovery"]["distillation"]]
+    assert all(d["early_stopping"]["score"] == score for d in stopped)
+    checks = sum(len(d["early_stopping"]["checks"]) for d in stopped)
     # every check read the validation slice; besides, only the original's and the final model's reported metric
-    assert seen.count("validation") == checks + 2
+    assert seen.count((score, "validation")) == checks + 2 * (score == "metric")
+    assert ("loss", "eval") not in seen and seen.count(("metric", "validation")) == 2 + checks * (score == "metric")
     task.validation_batches = []
     with pytest.raises(ValueError, match="task.validation_batches: .*early stopping decide on held-out training"):
         compress(task, stopping, tmp_path / "b", log=lambda message: None)

@@ -149,6 +149,12 @@ class ModelAdapter(ABC):
         """The metric of ``model`` on ``batches``."""
         return self.metric.value(*self.evaluation_sums(model, batches))
 
+    def loss_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
+        """(the task loss summed over the items of ``batches``, those items): what early stopping watches by
+        default. Adapters that do not compute it can only stop early on their metric."""
+        raise ValueError(f"early stopping score 'loss': the {self.name or type(self).__name__} adapter does not "
+                         "compute a validation loss (ModelAdapter.loss_sums); stop on its metric instead")
+
 
 def soft_target_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
     """T²·KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over rows (all but the last dimension). The T²
@@ -188,6 +194,18 @@ class ClassifierAdapter(ModelAdapter):
             correct += int((predicted == labels).sum())
             total += labels.numel()
         return correct, total
+
+    @torch.no_grad()
+    def loss_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
+        """(cross-entropy summed over the examples, examples)."""
+        model.eval()
+        total, count = 0.0, 0
+        for batch in batches:
+            output = self.forward(model, batch).float()
+            total += float(F.cross_entropy(output, self.labels(batch, output.shape[-1], output.device),
+                                           reduction="sum"))
+            count += output.shape[0]
+        return total, count
 
 
 _ADAPTERS: dict[str, type[ModelAdapter]] = {}

@@ -82,6 +82,10 @@ class HFCausalLM(HFModelAdapter):
             count += int(mask.sum())
         return total, count
 
+    def loss_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
+        """The task loss is the next-token negative log-likelihood: the sums the perplexity is made of."""
+        return self.evaluation_sums(model, batches)
+
     def token_chunks(self, texts: Sequence[str], seq_len: int, source: str = "the text") -> Tensor:
         """The texts tokenised, joined with the end-of-text token between them, cut into (n, seq_len) rows;
         the tail shorter than a row is dropped. ``source`` names the texts in errors."""

@@ -34,7 +34,7 @@ from rmtkd.app.tasks import TASKS, Settings
 from rmtkd.app.tasks.text import model_slug
 from rmtkd.baselines import run_baselines
 from rmtkd.calibration import N_EFF_RULES, PLOTS, SelectionConfig
-from rmtkd.distill import DISTILL_MODES, DistillConfig
+from rmtkd.distill import DISTILL_MODES, EARLY_STOPPING_SCORES, DistillConfig
 from rmtkd.distributed import Workers
 from rmtkd.loop import CHECKPOINT, LoopConfig, compress
 from rmtkd.metrics import count_parameters, forward_flops, paired_latency
@@ -68,7 +68,7 @@ def selection_config(args: argparse.Namespace) -> SelectionConfig:
 
 
 DISTILL_OPTIONS = {"hidden_weight": "--hidden-weight", "warmup": "--warmup", "check_every": "--early-stopping",
-                   "patience": "--patience", "alpha": "--kd-alpha", "temperature": "--temperature",
+                   "patience": "--patience", "score": "--early-stopping-score", "alpha": "--kd-alpha", "temperature": "--temperature",
                    "steps": "--distill-steps / --recovery-steps"}
 
 
@@ -81,7 +81,8 @@ def distill_config(args: argparse.Namespace, steps: int, lr: float) -> DistillCo
         return DistillConfig(alpha=args.kd_alpha, temperature=args.temperature, steps=steps, lr=lr,
                              sharding=args.distill_sharding, mode=args.distill_mode,
                              hidden_weight=1.0 if args.hidden_weight is None else args.hidden_weight,
-                             warmup=args.warmup, check_every=args.early_stopping, patience=args.patience)
+                             warmup=args.warmup, check_every=args.early_stopping, patience=args.patience,
+                             score=args.early_stopping_score or "loss")
     except ValueError as error:  # name the option, not the setting behind it
         setting, _, why = str(error).partition(":")
         raise ValueError(f"{DISTILL_OPTIONS.get(setting, setting)}:{why}") from None
@@ -301,6 +302,9 @@ def parser() -> argparse.ArgumentParser:
                         "(--validation-samples); stop after --patience checks without improvement and keep the "
                         "best (0: off)")
     c.add_argument("--patience", type=int, default=2, help="checks without improvement before stopping")
+    c.add_argument("--early-stopping-score", choices=EARLY_STOPPING_SCORES, default=None,
+                   help="what early stopping watches on the validation slice: loss (default: the task loss, "
+                        "continuous) or metric (accuracy or perplexity)")
     c.add_argument("--recovery-steps", type=int, default=0,
                    help="after the loop, distill the compressed model against the original for this many batches "
                         "(0: no recovery pass, the paper's loop)")

@@ -173,7 +173,7 @@ def claimed_output_folder(out: Path, args: argparse.Namespace, log: Callable[[st
 
 
 # Options added in later rmtkd versions whose default is not None, 0 or False, at the value that means "as before".
-LATER_OPTION_DEFAULTS = {"distill_mode": "logits", "ranks": "rule", "patience": 2}
+LATER_OPTION_DEFAULTS = {"distill_mode": "logits", "ranks": "rule", "patience": 2, "early_stopping_score": "metric"}
 
 
 def _same_run(previous: dict | None, settings: dict) -> bool:
