@@ -74,12 +74,25 @@ def measure_roofline(device: torch.device, dtype: torch.dtype, quick: bool) -> d
             "gemm_size": size, "gemm_dtype": str(dtype)}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module knows: CPU speed-ups differ by
+    tens of percent between models, so results name the one they were measured on."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info(device: torch.device) -> dict[str, object]:
     info: dict[str, object] = {
         "device": device.type,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "extension": {"loaded": rmtkd_kernels.EXTENSION.loaded, "with_cuda": rmtkd_kernels.EXTENSION.with_cuda},
     }
