@@ -115,8 +115,8 @@ def test_early_stopping_stops_after_patience_checks_and_keeps_the_best_student()
     result = distill(student, task.model, make_batches(4, 7), ClassifierOnIds(), config,
                      validate=lambda model: next(scores))
     assert result["steps"] == 6  # stopped at the second check without improvement
-    assert result["early_stopping"] == {"score": "loss", "checks": [{"step": 0, "score": 0.5}, {"step": 3, "score": 0.6},
-                                                                    {"step": 6, "score": 0.7}], "best_step": 0}
+    assert result["early_stopping"] == {"score": "loss", "best_step": 0, "checks": [
+        {"step": 0, "score": 0.5}, {"step": 3, "score": 0.6}, {"step": 6, "score": 0.7}]}
     assert all(torch.equal(start[k], v) for k, v in student.state_dict().items())
     improving = iter([0.5, 0.4, 0.3, 0.2, 0.1])
     result = distill(student, task.model, make_batches(4, 7), ClassifierOnIds(), config.__class__(

@@ -161,6 +161,26 @@ def test_paper_quantile_rule_uses_tau():
         assert selection.sigma2 == pytest.approx(float(np.quantile(values, tau)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_activations_in_a_subspace_keep_its_dimensions_not_rounding(dtype):
+    """Activations that span r < d dimensions (a layer after a rank-r projection) have d − r eigenvalues at the
+    covariance's rounding; a noise fit to those sees rounding, and without a floor the count above its edge
+    would depend on the rounding (which differs between one process and several). Exactly r are kept."""
+    d, r = 32, 11
+    generator = torch.Generator().manual_seed(5)
+    x = (torch.randn(2000, r, generator=generator, dtype=torch.float64)
+         @ torch.randn(r, d, generator=generator, dtype=torch.float64) + 2.0)
+    accumulator = CovarianceAccumulator(d)
+    for chunk in x.to(dtype).split(300):
+        accumulator.update(chunk)
+    for noise in ("quantile", "debiased_median"):
+        selection = select_subspace(accumulator, noise=noise, tau=0.5)
+        assert selection.k == r, selection.reason
+        assert selection.reason.startswith(f"k = {r} of {d}: the activations span {r} dimensions")
+    full = spiked_samples(d, 0.05, [30.0, 10.0], sigma2=1e-6, seed=2)[0]  # full rank, a tiny noise floor
+    assert select_subspace(sample_covariance(full), full.shape[0], noise="quantile", tau=0.5).k == 2
+
+
 def test_bad_input_is_named():
     cov = sample_covariance(spiked_samples(20, 0.5, [], seed=0)[0])
     with pytest.raises(ValueError, match="n_samples: required with a ready covariance"):

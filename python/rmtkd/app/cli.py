@@ -68,8 +68,8 @@ def selection_config(args: argparse.Namespace) -> SelectionConfig:
 
 
 DISTILL_OPTIONS = {"hidden_weight": "--hidden-weight", "warmup": "--warmup", "check_every": "--early-stopping",
-                   "patience": "--patience", "score": "--early-stopping-score", "alpha": "--kd-alpha", "temperature": "--temperature",
-                   "steps": "--distill-steps / --recovery-steps"}
+                   "patience": "--patience", "score": "--early-stopping-score", "alpha": "--kd-alpha",
+                   "temperature": "--temperature", "steps": "--distill-steps / --recovery-steps"}
 
 
 def distill_config(args: argparse.Namespace, steps: int, lr: float) -> DistillConfig:

@@ -25,6 +25,9 @@ from rmtkd_kernels import CovarianceAccumulator
 # Relative tolerances for "symmetric" and "non-negative" on a float64 covariance built from fp32 partials.
 SYMMETRY_TOLERANCE = 1e-6
 NEGATIVE_TOLERANCE = 1e-6
+# Eigenvalues below this fraction of the trace are at the rounding of a covariance of fp32 products: the
+# activations have no variance there (they span fewer dimensions), so no threshold keeps such a direction.
+ROUNDING = float(np.finfo(np.float32).eps)
 
 
 @dataclass
@@ -174,6 +177,13 @@ def select_subspace(
     edge = _threshold(threshold, eigenvalues, sigma2, gamma, d, n_eff, alpha)
     k = int(np.sum(eigenvalues > edge))
     reason = _reason(k, d, eigenvalues, edge, threshold, noise)
+    resolved = int(np.sum(eigenvalues > ROUNDING * eigenvalues.sum()))
+    if k > resolved:
+        reason = (f"k = {resolved} of {d}: the activations span {resolved} dimensions (the other eigenvalues are "
+                  f"below ε₃₂ · trace = {ROUNDING * eigenvalues.sum():.3g}, the rounding of the covariance), so the "
+                  f"noise fit sees rounding and {k} eigenvalues exceed its threshold {edge:.4g}; only the "
+                  f"{resolved} resolved directions are kept.")
+        k = resolved
     if rank is not None:
         if not (isinstance(rank, int) and 1 <= rank <= d):
             raise ValueError(f"rank: expected a whole number of directions in [1, d = {d}], got {rank!r}")
