@@ -5,7 +5,7 @@
 
 Each process streams its shard of the same calibration batches through every compression site of the model
 (`rmtkd.calibration.calibrate`), then the sites' statistics are summed over the processes
-(`Workers.reduce_statistics`: one broadcast and one all-reduce). Throughput is tokens (not counting padding) of
+(`Calibration.reduce`: one broadcast and one all-reduce). Throughput is tokens (not counting padding) of
 all processes per second of the slowest process; the reduction's share is its time over the whole. With P
 processes on a machine of C cores every process gets C/P threads, as torchrun sets OMP_NUM_THREADS.
 Results: benchmarks/results/<device>/distributed.{json,md}.
@@ -27,6 +27,7 @@ from common import add_common_arguments, device_slug, machine_info, markdown_tab
 
 from rmtkd.adapters import HFSequenceClassifier  # noqa: E402
 from rmtkd.adapters.hf_text import default_model_path  # noqa: E402
+from rmtkd.batching import text_batches  # noqa: E402
 from rmtkd.calibration import calibrate, discover_sites  # noqa: E402
 from rmtkd.data import read_bbc_news  # noqa: E402
 from rmtkd.distributed import Workers  # noqa: E402
@@ -48,7 +49,7 @@ def model_and_batches(quick: bool) -> tuple[HFSequenceClassifier, torch.nn.Modul
     else:
         adapter, model = HFSequenceClassifier.load_folder(Path(path), labels=[str(i) for i in range(5)])
     texts = read_bbc_news()[0][: 64 if quick else 640]
-    return adapter, model.eval(), adapter.batches(texts, None, 16 if quick else 32, 64)
+    return adapter, model.eval(), text_batches(adapter.tokenizer, texts, None, 16 if quick else 32, 64)
 
 
 def measure(rank: int, world: int, quick: bool, device_type: str, folder: str, results: dict) -> None:
@@ -73,11 +74,11 @@ def measure(rank: int, world: int, quick: bool, device_type: str, folder: str, r
     calibrate(model, shard[:1], adapter.forward, sites, mask_key=adapter.mask_key)  # warm-up
     workers.barrier()
     started = time.perf_counter()
-    calibrate(model, shard, adapter.forward, sites, mask_key=adapter.mask_key)
+    calibration = calibrate(model, shard, adapter.forward, sites, mask_key=adapter.mask_key)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     calibrated = time.perf_counter()
-    workers.reduce_statistics(sites)
+    calibration.reduce(workers)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     reduced = time.perf_counter()

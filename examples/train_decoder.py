@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import torch
-
 from rmtkd.adapters import HFCausalLM
 from rmtkd.adapters.hf_common import transformers_offline
+from rmtkd.batching import token_batches, token_chunks
 from rmtkd.data import read_bbc_news
 from rmtkd.training import TrainConfig, train, train_bpe_tokenizer
 
@@ -49,8 +49,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = transformers_offline().AutoModelForCausalLM.from_config(config)
     adapter = HFCausalLM(tokenizer)
-    chunks = adapter.token_chunks(train_texts, args.seq_len)
-    batches = adapter.chunk_batches(chunks, args.batch_size, shuffle_seed=args.seed)
+    chunks = token_chunks(adapter.tokenizer, train_texts, args.seq_len)
+    batches = token_batches(chunks, args.batch_size, shuffle_seed=args.seed)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"{parameters:,} parameters; {chunks.numel():,} training tokens in {len(batches)} batches per epoch")
     train_config = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=0.1, schedule="cosine",
@@ -62,7 +62,7 @@ def main() -> None:
         return tqdm(iterable, total=total, desc="training", unit="batch")
 
     losses = train(model, adapter, batches, train_config, progress=progress)
-    eval_batches = adapter.chunk_batches(adapter.token_chunks(eval_texts, args.seq_len), args.batch_size)
+    eval_batches = token_batches(token_chunks(adapter.tokenizer, eval_texts, args.seq_len), args.batch_size)
     perplexity = adapter.evaluate(model, eval_batches)
     adapter.save_folder(model, Path(args.out))
     print(f"final training loss {sum(losses[-50:]) / len(losses[-50:]):.3f}; held-out perplexity {perplexity:.2f} "

@@ -13,8 +13,8 @@ from typing import Iterator, Optional
 import torch
 
 from rmtkd_kernels.backends import OPS, backend_names, unsupported_reasons
-from rmtkd_kernels.backends.registry import auto_candidates
-from rmtkd_kernels.backends.trials import Problem
+from rmtkd_kernels.backends.chooser import auto_candidates
+from rmtkd_kernels.backends.problem import Problem
 from rmtkd_kernels.backends.tuning import TUNER, decision_key, fingerprint
 from rmtkd_kernels.extension import EXTENSION
 

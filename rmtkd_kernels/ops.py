@@ -18,7 +18,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from rmtkd_kernels import reference
 from rmtkd_kernels.backends import choose_backend, get_backend
-from rmtkd_kernels.backends.registry import is_forced, report_failure
+from rmtkd_kernels.backends.chooser import is_forced, report_failure
 from rmtkd_kernels.validation import check_cov_args, check_projected_linear_args
 
 

@@ -10,13 +10,17 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
 def test_python_blocks_run(page, tmp_path, monkeypatch):
-    from rmtkd.adapters import base as adapters
-    from rmtkd.sites import base as sites
-    from rmtkd_kernels.backends import registry as backends
+    import contextlib
+
+    from rmtkd.adapters.base import ADAPTERS
+    from rmtkd.sites.base import KINDS
+    from rmtkd_kernels.backends.chooser import forget_decisions
+    from rmtkd_kernels.backends.registry import BACKENDS
 
     monkeypatch.chdir(tmp_path)  # examples may write files
-    for module, name in ((adapters, "_ADAPTERS"), (sites, "_KINDS"), (backends, "_REGISTRY")):
-        monkeypatch.setattr(module, name, dict(getattr(module, name)))  # what examples register is forgotten after
+    scopes = contextlib.ExitStack()
+    for registry in (ADAPTERS, KINDS, BACKENDS):
+        scopes.enter_context(registry.scoped())  # what examples register is forgotten after
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
     if page.name == "README.md":
         assert blocks, "README has no python example"
@@ -24,4 +28,5 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
         for block in blocks:
             exec(compile(block, str(page), "exec"), {"__name__": "readme_example"})
     finally:
-        backends.forget_decisions()
+        scopes.close()
+        forget_decisions()

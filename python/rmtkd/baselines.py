@@ -14,11 +14,12 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from rmtkd.calibration import calibrate
+from rmtkd.calibration import SelectionConfig, calibrate_and_select
 from rmtkd.distributed import SINGLE, Workers
-from rmtkd.loop import Task, find_task_sites
 from rmtkd.metrics import count_parameters
+from rmtkd.records import Action, Outcome
 from rmtkd.surgery import rewrite_site
+from rmtkd.task import Task
 
 
 def compress_at_ranks(task: Task, ranks: dict[str, int], basis: str,
@@ -29,7 +30,7 @@ def compress_at_ranks(task: Task, ranks: dict[str, int], basis: str,
     if basis not in ("weights", "activations"):
         raise ValueError(f"basis: expected 'weights' or 'activations', got {basis!r}")
     model = copy.deepcopy(task.model)
-    sites = [s for s in find_task_sites(model, task) if s.name in ranks]
+    sites = [s for s in task.sites(model) if s.name in ranks]
     rewritten: set[str] = set()
     for site in sites:
         if rewritten & set(site.names):  # a narrowing Linear is projected on one side only, the first listed
@@ -39,21 +40,19 @@ def compress_at_ranks(task: Task, ranks: dict[str, int], basis: str,
         if basis == "weights":
             vectors, mean = site.weight_basis(model, k), torch.zeros(site.dim, dtype=torch.float64)
         else:
-            calibrate(model, task.calibration_batches, task.adapter.forward, [site], mask_key=task.adapter.mask_key,
-                      progress=lambda it: progress(it, len(task.calibration_batches), f"calibrating {site.name}"))
-            workers.reduce_statistics([site])
-            vectors = torch.linalg.eigh(site.accumulator.covariance())[1][:, -k:].flip(1).float()
-            mean = site.accumulator.mean()
-            site.accumulator = None
-        vectors, mean = workers.broadcast((vectors.cpu(), mean.cpu()))
-        rewrite_site(model, site, vectors, mean)
+            [chosen] = calibrate_and_select(
+                model, [site], task.calibration_batches, task.adapter, SelectionConfig(), workers=workers,
+                ranks={site.name: k},
+                progress=lambda it: progress(it, len(task.calibration_batches), f"calibrating {site.name}"))
+            vectors, mean = chosen.selection.basis.float(), chosen.selection.mean
+        rewrite_site(model, site, vectors.cpu(), mean.cpu())
     return model.eval()
 
 
 def fixed_fraction_ranks(task: Task, target_parameters: int) -> dict[str, int]:
     """Per-site ranks ⌈f·d⌉ (only where they save parameters), f bisected to meet target_parameters."""
     model = task.model
-    sites = find_task_sites(model, task)
+    sites = task.sites(model)
     total = count_parameters(model)
 
     def ranks_for(fraction: float) -> tuple[dict[str, int], int]:
@@ -79,8 +78,8 @@ def fixed_fraction_ranks(task: Task, target_parameters: int) -> dict[str, int]:
 
 def rmtkd_ranks(report: dict[str, Any]) -> dict[str, int]:
     """Per-site ranks that a finished RMT-KD run kept."""
-    return {site["site"]: site["k"] for step in report["steps"] if step["outcome"] == "kept"
-            for site in step["sites"] if site["action"] == "projected"}
+    return {site["site"]: site["k"] for step in report["steps"] if step["outcome"] == Outcome.KEPT
+            for site in step["sites"] if site["action"] == Action.PROJECTED}
 
 
 def run_baselines(task: Task, report: dict[str, Any],
@@ -98,9 +97,8 @@ def run_baselines(task: Task, report: dict[str, Any],
             task, fixed_fraction_ranks(task, report["final"]["parameters"]), "activations", progress, workers),
     }
     rows = []
-    metric = task.adapter.metric
+    metric = task.adapter.metric.name
     for method, make in candidates.items():
         model = make()
-        total, count = workers.sum(task.adapter.evaluation_sums(model, task.eval_batches))
-        rows.append({"method": method, "parameters": count_parameters(model), metric.name: metric.value(total, count)})
+        rows.append({"method": method, "parameters": count_parameters(model), metric: task.evaluate(model, workers)})
     return rows

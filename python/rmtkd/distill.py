@@ -19,7 +19,7 @@ import contextlib
 import copy
 import itertools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -27,16 +27,12 @@ from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.nn.parallel import DistributedDataParallel
 
-from rmtkd.adapters.base import ModelAdapter
+from rmtkd.adapters.behaviour import ModelBehaviour
 from rmtkd.distributed import SINGLE, Workers
 from rmtkd.hidden_states import captured_outputs, hidden_state_loss
 from rmtkd.training import lr_factor
 
 DISTILL_MODES = ("logits", "hidden")
-# Settings added after the first release, and the values that mean "as before": a run's fingerprint leaves them
-# out at those values, so a run folder made before them still resumes.
-_LATER_SETTINGS = {"mode": "logits", "hidden_weight": 1.0, "warmup": 0.0, "check_every": 0, "patience": 2,
-                   "score": "metric"}
 EARLY_STOPPING_SCORES = ("loss", "metric")
 
 
@@ -87,13 +83,6 @@ class DistillConfig:
         if self.steps < 0:
             raise ValueError(f"steps: expected a non-negative count, got {self.steps!r}")
 
-    def settings(self) -> dict[str, Any]:
-        """The settings that identify a run (for its fingerprint): later settings at their "as before" values
-        are left out, and so is the early-stopping score without early stopping."""
-        return {key: value for key, value in asdict(self).items()
-                if (key not in _LATER_SETTINGS or value != _LATER_SETTINGS[key])
-                and not (key == "score" and not self.check_every)}
-
 
 def _trainable(student: nn.Module, config: DistillConfig, workers: Workers, device: torch.device) -> nn.Module:
     """What the optimizer steps: the student itself (one process), or it under DistributedDataParallel, or an
@@ -119,13 +108,13 @@ def _module_of(trained: nn.Module) -> nn.Module:
     return trained.module if isinstance(trained, DistributedDataParallel) else trained
 
 
-def _hidden_modules(student: nn.Module, adapter: ModelAdapter, config: DistillConfig) -> list[str]:
+def _hidden_modules(student: nn.Module, adapter: ModelBehaviour, config: DistillConfig) -> list[str]:
     if config.mode != "hidden":
         return []
     names = adapter.hidden_modules(student)
     if not names:
         raise ValueError(f"distillation mode 'hidden': the {adapter.name or type(adapter).__name__} adapter names "
-                         "no hidden states to match for this model (ModelAdapter.hidden_modules is empty); use mode "
+                         "no hidden states to match for this model (ModelBehaviour.hidden_modules is empty); use mode "
                          "'logits'")
     return names
 
@@ -162,7 +151,7 @@ def distill(
     student: nn.Module,
     teacher: nn.Module,
     batches: Iterable[dict],
-    adapter: ModelAdapter,
+    adapter: ModelBehaviour,
     config: DistillConfig,
     *,
     progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
@@ -186,17 +175,38 @@ def distill(
     if config.check_every and validate is None:
         raise ValueError("validate: early stopping (check_every > 0) needs a validation score to stop on")
     device = next(student.parameters()).device
-    hidden = _hidden_modules(student, adapter, config)
     trained = _trainable(student, config, workers, device)
+    teacher.eval()
+    stopping = _EarlyStopping(student, validate, config.patience) if config.check_every else None
+    losses = _train(trained, teacher, batches, adapter, config, workers, progress, stopping)
+    if trained is not student and not isinstance(trained, DistributedDataParallel):  # an FSDP copy
+        student.load_state_dict(get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True)))
+    del trained
+    result: dict[str, Any] = {}
+    if stopping is not None:
+        if stopping.history[-1][0] != len(losses):
+            stopping.check(len(losses))
+        result["early_stopping"] = {"score": config.score, **stopping.restore_best(len(losses))}
+    student.eval()
+    values = _checked_losses(losses, workers)
+    return {"steps": len(values), "loss_first": values[0], "loss_last": values[-1],
+            "loss_mean": sum(values) / len(values), **result}
+
+
+def _train(trained: nn.Module, teacher: nn.Module, batches: Iterable[dict], adapter: ModelBehaviour,
+           config: DistillConfig, workers: Workers, progress: Callable[[Iterable, int], Iterable],
+           stopping: Optional[_EarlyStopping]) -> list[Tensor]:
+    """The optimizer steps (stopped early when ``stopping`` says so); each step's loss, kept on the device (one
+    host sync at the end, not one per step)."""
+    device = next(trained.parameters()).device
+    hidden = _hidden_modules(_module_of(trained), adapter, config)
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = int(config.warmup * config.steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config.steps, warmup))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    teacher.eval()
-    stopping = _EarlyStopping(student, validate, config.patience) if config.check_every else None
     trained.train()
-    losses: list[Tensor] = []  # kept on the device: one host sync at the end, not one per step
+    losses: list[Tensor] = []
     with captured_outputs(teacher, hidden) as teacher_states, \
             captured_outputs(_module_of(trained), hidden) as student_states:
         for step, batch in enumerate(progress(itertools.islice(itertools.cycle(batches), config.steps),
@@ -210,8 +220,8 @@ def distill(
                                                  config.temperature)
                 if hidden:
                     mask = batch.get(adapter.mask_key) if adapter.mask_key else None
-                    matched = hidden_state_loss(student_states, teacher_states, mask, workers)
-                    loss = loss + config.hidden_weight * matched
+                    loss = loss + config.hidden_weight * hidden_state_loss(student_states, teacher_states, mask,
+                                                                           workers)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -222,15 +232,11 @@ def distill(
                 if stopping.check(step):
                     break
                 trained.train()
-    if trained is not student and not isinstance(trained, DistributedDataParallel):  # an FSDP copy
-        student.load_state_dict(get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True)))
-    del trained
-    result: dict[str, Any] = {}
-    if stopping is not None:
-        if stopping.history[-1][0] != len(losses):
-            stopping.check(len(losses))
-        result["early_stopping"] = {"score": config.score, **stopping.restore_best(len(losses))}
-    student.eval()
+    return losses
+
+
+def _checked_losses(losses: list[Tensor], workers: Workers) -> list[float]:
+    """The global batch's mean loss at each step; NonFiniteLoss on every rank if any rank's was NaN/Inf."""
     values = torch.stack(losses).tolist()
     bad = [step for step, value in enumerate(values) if not math.isfinite(value)]
     first_bad = workers.gather(bad[0] if bad else None)
@@ -239,6 +245,4 @@ def distill(
         rank, step = failed[0]
         where = f" on rank {rank}" if workers.distributed else ""
         raise NonFiniteLoss(f"distillation loss is not finite at step {step}{where}")
-    values = [total / workers.world_size for total in workers.sum(values)]  # the global batch's mean loss
-    return {"steps": len(values), "loss_first": values[0], "loss_last": values[-1],
-            "loss_mean": sum(values) / len(values), **result}
+    return [total / workers.world_size for total in workers.sum(values)]

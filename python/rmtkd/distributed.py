@@ -1,7 +1,7 @@
 """The processes a run is split over: a torch.distributed process group (data parallel), or one process.
 
 RMT-KD is data-parallel by nature: every process streams its shard of the calibration data into its own
-accumulators, and the statistics are summed once per step; distillation runs under DistributedDataParallel on
+accumulators, and the statistics are summed once per step (``Calibration.reduce``); distillation runs under DistributedDataParallel on
 each process's shard of the training data; evaluation sums (Metric's total and count) are summed. Rank 0
 decides (selections, rollbacks from summed metrics, which every rank computes alike) and is the only writer.
 Nothing here holds global state: the caller passes the process group it initialised.
@@ -12,8 +12,6 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
-
-from rmtkd.sites import Site
 
 T = TypeVar("T")
 
@@ -120,28 +118,6 @@ class Workers:
         if differing:
             raise ValueError(f"{what} differ across ranks (rank {differing[0]} has {values[differing[0]]!r}, rank 0 "
                              f"has {values[0]!r}); start every rank with the same command")
-
-    def reduce_statistics(self, sites: Sequence[Site]) -> None:
-        """Sum the sites' calibration statistics over the ranks, in place: one broadcast of the shifts (every
-        rank re-expresses its statistics relative to rank 0's) and one all-reduce of everything else."""
-        if not self.distributed or not sites:  # every rank has the same sites
-            return
-        shifts = self.broadcast([site.accumulator.shift.cpu() for site in sites])
-        parts = []
-        for site, shift in zip(sites, shifts):
-            site.accumulator.recenter(shift.to(site.accumulator.device))
-            parts.append(site.accumulator.statistics())
-            if site.design_effect is not None:
-                parts.append(site.design_effect.statistics())
-        flat = torch.cat([part.to(self._device(), torch.float64) for part in parts])
-        _dist().all_reduce(flat, group=self.group)
-        offset = 0
-        for site in sites:
-            for holder in (site.accumulator, site.design_effect):
-                if holder is not None:
-                    size = holder.statistics().numel()
-                    holder.load_statistics(flat[offset:offset + size])
-                    offset += size
 
     def _device(self) -> torch.device:
         """Where collectives of this group run: the current CUDA device for NCCL, else the CPU."""

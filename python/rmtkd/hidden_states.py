@@ -1,7 +1,7 @@
 """Intermediate representations for distillation: capture the outputs of a model's blocks during a forward pass and
 measure how far a student's are from a teacher's.
 
-The blocks are the modules the model's adapter names (:meth:`rmtkd.adapters.ModelAdapter.hidden_modules`: a
+The blocks are the modules the model's adapter names (:meth:`rmtkd.adapters.ModelBehaviour.hidden_modules`: a
 transformer's embeddings and layers, a CNN's stages). RMT-KD's projections act inside the blocks and leave their
 output width unchanged, so a compressed student's block outputs live in the teacher's space and are compared
 directly, with no learnt mapping (as TinyBERT needs for a narrower student).

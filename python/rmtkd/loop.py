@@ -2,15 +2,15 @@
 
 Steps go shallow to deep in forward order. A step's teacher is the model as it was before the step (a frozen
 copy), so a step that breaks the metric budget or whose distillation diverges is rolled back by keeping that
-copy. The loop stops at the parameter target or when every site has been tried. After every step the model,
-the applied rewrites and the report are checkpointed (atomically); re-running on the same output folder
-resumes after the last completed step. Each step seeds torch with (seed, step) before it runs, so a resumed
-run reaches the same weights as an uninterrupted one.
+copy. The loop stops at the parameter target or when every site has been tried; an optional recovery pass then
+distills the compressed model against the original. After every step the model, the applied rewrites and the
+report are checkpointed (atomically, :mod:`rmtkd.checkpoint`); re-running on the same output folder resumes
+after the last completed step. Each step seeds torch with (seed, step) before it runs, so a resumed run reaches
+the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import time
@@ -21,20 +21,19 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from rmtkd.adapters.base import ModelAdapter
+from rmtkd import checkpoint
 from rmtkd.atomic import write_text_atomically
-from rmtkd.calibration import SelectionConfig, calibrate, discover_sites, select_site
+from rmtkd.calibration import SelectionConfig, SiteSelection, calibrate_and_select
 from rmtkd.distill import DistillConfig, NonFiniteLoss, distill
 from rmtkd.distributed import Workers
-from rmtkd.metrics import count_parameters, flops_by_module, forward_flops
-from rmtkd.persistence import load_compressed, read_meta, save_compressed
-from rmtkd.rank_budget import Budget, LinearCost, SiteCost, plan_ranks
+from rmtkd.metrics import count_parameters
+from rmtkd.planning import one_rewrite_per_module, plan_model_ranks, saves_parameters
+from rmtkd.records import Action, Outcome, StepRecord, described, site_decision
 from rmtkd.sites import Site
-from rmtkd.spectral import SubspaceSelection
-from rmtkd.surgery import Rewrite, apply_structure, rewrite_site
+from rmtkd.surgery import rewrite_site
+from rmtkd.task import Task
 
-CHECKPOINT = "checkpoint"
-LOOP_STATE_KEYS = {"fingerprint", "next_step", "rewrites", "steps", "original"}  # what a checkpoint's state holds
+Progress = Callable[[Iterable, int, str], Iterable]
 
 
 @dataclass(frozen=True)
@@ -76,122 +75,39 @@ class LoopConfig:
                              "recovery unset for none)")
 
     def fingerprint(self) -> str:
-        """A hash of the settings that decide the run's result; settings added later are left out at the values
-        that mean "as before", so a run folder made before them still resumes."""
-        settings = asdict(self) | {"distill": self.distill.settings()}
-        if self.recovery is None:
-            del settings["recovery"]
-        else:
-            settings["recovery"] = self.recovery.settings()
-        if self.ranks == "rule":
-            del settings["ranks"]
-        if self.target_flop_reduction is None:
-            del settings["target_flop_reduction"]
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        """A hash of every setting: a run folder resumes only with the settings that made it."""
+        return checkpoint.fingerprint(asdict(self))
+
+    @property
+    def decides(self) -> bool:
+        """Whether the loop makes decisions on measured metrics (and so needs validation data)."""
+        return (self.max_metric_drop is not None or self.distill.check_every > 0
+                or (self.recovery is not None and self.recovery.check_every > 0))
 
 
 @dataclass
-class Task:
-    """A model, its adapter and its data, as the loop needs them. Batches are dicts of tensors.
+class _Run:
+    """What every part of one run shares: the task, the settings, the processes, and where progress goes."""
 
-    The loop decides only on ``validation_batches`` (held-out training data, disjoint from the calibration and
-    distillation data): they are needed when a decision is asked for (``max_metric_drop``, early stopping).
-    ``eval_batches`` are only measured and reported, never steered on.
-    """
+    task: Task
+    config: LoopConfig
+    out_dir: Path
+    workers: Workers
+    progress: Progress
+    say: Callable[[str], None]
 
-    adapter: ModelAdapter
-    model: nn.Module
-    train_batches: Callable[[int], Iterable[dict]]  # seed -> training batches for distillation
-    calibration_batches: list[dict]
-    eval_batches: list[dict]
-    validation_batches: list[dict] = field(default_factory=list)
+    @property
+    def metric(self) -> str:
+        return self.task.adapter.metric.name
 
-
-def _step_groups(sites: list[Site], task: Task, granularity: str) -> list[list[Site]]:
-    if granularity == "site":
-        return [[site] for site in sites]
-    groups: dict[str, list[Site]] = {}
-    for site in sites:
-        groups.setdefault(task.adapter.block_of(site), []).append(site)
-    return list(groups.values())
-
-
-def find_task_sites(model: nn.Module, task: Task) -> list[Site]:
-    """The compression sites the task's adapter includes, from one forward pass over a calibration batch."""
-    return discover_sites(model, task.calibration_batches[0], task.adapter.forward, task.adapter.include)
-
-
-def _save(path: Path, model: nn.Module, task: Task, state: dict[str, Any], extra: dict[str, Any]) -> None:
-    save_compressed(model, [Rewrite.from_dict(r) for r in state["rewrites"]], path,
-                    task.adapter.architecture(task.model), extra=extra, write_assets=task.adapter.save_assets)
-
-
-def _resume(out_dir: Path, task: Task, fingerprint: str) -> Optional[tuple[nn.Module, dict[str, Any]]]:
-    path = out_dir / CHECKPOINT
-    if not path.exists():
-        return None
-    state = read_meta(path).get("loop")
-    if not isinstance(state, dict) or not LOOP_STATE_KEYS <= set(state):
-        raise ValueError(f"out_dir: {path} is not a checkpoint of this rmtkd (its rmtkd.json has no loop state "
-                         f"with {sorted(LOOP_STATE_KEYS)}); use another folder")
-    if state["fingerprint"] != fingerprint:
-        raise ValueError(f"out_dir: {out_dir} holds a run with different settings (fingerprint "
-                         f"{state['fingerprint']}, this run {fingerprint}); use another folder")
-    model, _ = load_compressed(path, task.adapter.build)
-    device = next(task.model.parameters()).device
-    return model.to(device), state
-
-
-def _resumed(out_dir: Path, task: Task, fingerprint: str,
-             workers: Workers) -> Optional[tuple[nn.Module, dict[str, Any]]]:
-    """The checkpoint, read by rank 0 and sent to every rank (so only rank 0 needs the output folder)."""
-    resumed = workers.together(lambda: _resume(out_dir, task, fingerprint) if workers.is_main else None)
-    state = workers.broadcast(resumed[1] if resumed is not None else None)
-    if state is None:
-        return None
-    ranks = state.get("world_size", 1)
-    if ranks != workers.world_size:
-        raise ValueError(f"out_dir: {out_dir / CHECKPOINT} was made by {ranks} process(es) and this run has "
-                         f"{workers.world_size}; resume with {ranks} (each process's data shard depends on it), or "
-                         "use another folder")
-    if workers.is_main:
-        model = resumed[0]
-    else:
-        model = copy.deepcopy(task.model)
-        for data in state["rewrites"]:
-            apply_structure(model, Rewrite.from_dict(data))
-    return workers.broadcast_module(model), state
-
-
-def _check_data(task: Task, config: LoopConfig) -> None:
-    """Every process needs data of its own to calibrate and evaluate on, and validation data where it decides."""
-    needed = ("calibration_batches", "eval_batches") + (("validation_batches",) if _decides(config) else ())
-    for name in needed:
-        if len(getattr(task, name)) == 0:
-            why = (" (max_metric_drop and early stopping decide on held-out training data, never on the "
-                   "evaluation data)" if name == "validation_batches" else "")
-            raise ValueError(f"task.{name}: this process's share of the data is empty{why}; give every process some")
-
-
-def _decides(config: LoopConfig) -> bool:
-    """Whether the loop makes decisions on measured metrics (and so needs validation data)."""
-    return (config.max_metric_drop is not None or config.distill.check_every > 0
-            or (config.recovery is not None and config.recovery.check_every > 0))
-
-
-def _validation_score(task: Task, workers: Workers, score: str) -> Callable[[nn.Module], float]:
-    """Early stopping's score of a model on the validation slice, lower is better: its task loss per item
-    (``score`` "loss") or its metric ("metric")."""
-    if score == "loss":
-        def loss(model: nn.Module) -> float:
-            total, count = workers.sum(task.adapter.loss_sums(model, task.validation_batches))
-            return total / count
-        return loss
-    return lambda model: task.adapter.metric.worsening(0.0, _evaluate(model, task, workers, task.validation_batches))
+    def save_checkpoint(self, model: nn.Module, state: dict[str, Any]) -> None:
+        if self.workers.is_main:
+            checkpoint.save_checkpoint(self.out_dir, model, self.task, state)
+        self.workers.barrier()
 
 
 def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
-             progress: Callable[[Iterable, int, str], Iterable] = lambda it, total, desc: it,
+             progress: Progress = lambda it, total, desc: it,
              log: Callable[[str], None] = print, group: Optional[Any] = None) -> tuple[nn.Module, dict[str, Any]]:
     """Run (or resume) RMT-KD on ``task``: (compressed model, report); the report also goes to out_dir.
 
@@ -201,303 +117,193 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
     decides and is the only one that logs and writes; every rank returns the same model and report.
     """
     workers = Workers(group)
-    out_dir = Path(out_dir)
-    say = log if workers.is_main else (lambda message: None)
-    fingerprint = config.fingerprint()
-    workers.agree(fingerprint, "settings (the loop's fingerprint)")
-    workers.together(lambda: _check_data(task, config))
+    run = _Run(task, config, Path(out_dir), workers, progress, log if workers.is_main else (lambda message: None))
+    workers.agree(config.fingerprint(), "settings (the loop's fingerprint)")
+    workers.together(lambda: task.check_data(config.decides))
     if workers.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    resumed = _resumed(out_dir, task, fingerprint, workers)
-    original = task.model
-    original_params = count_parameters(original)
-    metric = task.adapter.metric.name
-    groups = _step_groups(find_task_sites(original, task), task, config.granularity)
-    if resumed is None:
-        model = copy.deepcopy(original)
-        state: dict[str, Any] = {
-            "fingerprint": fingerprint, "next_step": 0, "rewrites": [], "steps": [],
-            "world_size": workers.world_size,
-            "original": workers.broadcast({"parameters": original_params, metric: _evaluate(model, task, workers),
-                                           "flops": _flops(model, task)}),  # rank 0's FLOPs (its first batch)
-        }
-        if _decides(config):
-            state["original"][f"validation_{metric}"] = _evaluate(model, task, workers, task.validation_batches)
-        say(f"original: {original_params:,} parameters, {metric} {state['original'][metric]:.4f}")
-        if config.ranks == "budget":
-            plan = state["rank_plan"] = _plan_ranks(model, groups, task, config, progress, workers)
-            flops = "" if "flop_target" not in plan else (f", {plan['flops']:,} FLOPs on a calibration batch "
-                                                           f"(target {plan['flop_target']:,})")
-            say(f"rank budget: {len(plan['ranks'])} sites planned to {plan['parameters']:,} parameters (target "
-                f"{plan['target']:,}){flops}: ranks {sorted(set(plan['ranks'].values()))}")
-    else:
-        model, state = resumed
-        say(f"resuming after step {state['next_step']} of {len(groups)} from {out_dir / CHECKPOINT}")
-        if _decides(config) and f"validation_{metric}" not in state["original"]:  # a checkpoint from before
-            state["original"][f"validation_{metric}"] = _evaluate(original, task, workers, task.validation_batches)
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+    groups = task.step_groups(task.sites(task.model), config.granularity)
+    model, state = _start(run, groups)
     # The threshold rule stops at the target; a rank budget is planned to meet it after its last step.
     target = (None if config.target_reduction is None or config.ranks == "budget"
-              else original_params * (1 - config.target_reduction))
+              else state["original"]["parameters"] * (1 - config.target_reduction))
     for index in range(state["next_step"], len(groups)):
         if target is not None and count_parameters(model) <= target:
             state["stopped"] = f"parameter target reached ({count_parameters(model):,} <= {target:,.0f})"
             break
         torch.manual_seed(config.seed * 100_003 + index)
-        model, record = _run_step(model, groups[index], task, config, state, progress, out_dir, workers)
-        state["steps"].append(workers.broadcast(record))  # rank 0's timings and FLOPs in every rank's report
+        model, record = _run_step(run, model, groups[index], state)
+        state["steps"].append(workers.broadcast(record.to_dict()))  # rank 0's timings and FLOPs everywhere
         state["next_step"] = index + 1
-        if workers.is_main:
-            _save(out_dir / CHECKPOINT, model, task, state, extra={"loop": state})
-        workers.barrier()
-        say(f"step {index + 1}/{len(groups)} {groups[index][0].name}{'…' if len(groups[index]) > 1 else ''}: "
-            f"{record['outcome']}, parameters {record['parameters_after']:,}, {metric} "
-            f"{record.get(f'{metric}_after', float('nan')):.4f}")
+        run.save_checkpoint(model, state)
+        run.say(f"step {index + 1}/{len(groups)} {groups[index][0].name}{'…' if len(groups[index]) > 1 else ''}: "
+                f"{described(state['steps'][-1])}, parameters {record.parameters_after:,}, {run.metric} "
+                f"{record.measured.get(f'{run.metric}_after', float('nan')):.4f}")
     else:
         state.setdefault("stopped", "every site tried")
     if config.recovery is not None and state["rewrites"] and "recovery" not in state:
-        model = _recover(model, task, config, state, len(groups), progress, say, workers)
-        if workers.is_main:
-            _save(out_dir / CHECKPOINT, model, task, state, extra={"loop": state})
-        workers.barrier()
-    report = workers.broadcast(_final_report(model, task, state, workers))
+        model = _recover(run, model, state, steps_done=len(groups))
+        run.save_checkpoint(model, state)
+    report = workers.broadcast(_final_report(run, model, state))
     if workers.is_main:
-        write_text_atomically(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-        _save(out_dir / "model", model, task, state, extra={"report": {k: report[k] for k in ("original", "final")}})
+        write_text_atomically(run.out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        checkpoint.save_model(run.out_dir / "model", model, task, state,
+                              extra={"report": {k: report[k] for k in ("original", "final")}})
     workers.barrier()
     return model, report
 
 
-def _run_step(model: nn.Module, group: list[Site], task: Task, config: LoopConfig, state: dict[str, Any],
-              progress, out_dir: Path, workers: Workers) -> tuple[nn.Module, dict[str, Any]]:
-    """One step on ``group``; returns the model to continue with (the student, or the teacher on rollback)."""
-    started = time.perf_counter()
-    params_before = count_parameters(model)
+def _start(run: _Run, groups: list[list[Site]]) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and loop state to go on from: the checkpoint's, or a copy of the original with its
+    measurements (and the rank budget's plan)."""
+    resumed = checkpoint.resume(run.out_dir, run.task, run.config.fingerprint(), run.workers)
+    if resumed is not None:
+        run.say(f"resuming after step {resumed[1]['next_step']} of {len(groups)} from "
+                f"{run.out_dir / checkpoint.CHECKPOINT}")
+        return resumed
+    task, workers, metric = run.task, run.workers, run.metric
+    model = copy.deepcopy(task.model)
+    original = {"parameters": count_parameters(model), metric: task.evaluate(model, workers),
+                "flops": task.flops(model)}
+    if run.config.decides:
+        original[f"validation_{metric}"] = task.validate(model, workers)
+    state = checkpoint.new_state(run.config.fingerprint(), workers.world_size,
+                                 workers.broadcast(original))  # rank 0's FLOPs (its first batch)
+    run.say(f"original: {original['parameters']:,} parameters, {metric} {state['original'][metric]:.4f}")
+    if run.config.ranks == "budget":
+        plan = state["rank_plan"] = plan_model_ranks(
+            model, [site for group in groups for site in group], task, run.config.selection,
+            run.config.target_reduction, run.config.target_flop_reduction, workers,
+            progress=lambda it: run.progress(it, len(task.calibration_batches), "calibrating every site"))
+        flops = "" if "flop_target" not in plan else (f", {plan['flops']:,} FLOPs on a calibration batch "
+                                                       f"(target {plan['flop_target']:,})")
+        run.say(f"rank budget: {len(plan['ranks'])} sites planned to {plan['parameters']:,} parameters (target "
+                f"{plan['target']:,}){flops}: ranks {sorted(set(plan['ranks'].values()))}")
+    return model, state
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    current = {name for r in state["rewrites"] for name in r["names"]}
-    group = [s for s in group if not set(s.names) & current]
-    adapter = task.adapter
-    calibration = workers.together(lambda: calibrate(
-        model, task.calibration_batches, adapter.forward, group, mask_key=adapter.mask_key,
-        estimate_design_effect=config.selection.n_eff == "design-effect",
-        progress=lambda it: progress(it, len(task.calibration_batches), "calibrating")))
-    workers.reduce_statistics(group)
-    sequences = int(workers.sum([calibration.sequences])[0])
-    plots = out_dir if workers.is_main else None
-    plan = state.get("rank_plan", {}).get("ranks")
-    selections = workers.broadcast(workers.together(
-        lambda: [select_site(model, site, config.selection, sequences, plots,
-                             rank=plan.get(site.name) if plan else None) for site in group]))
-    decisions, candidates = [], []
-    for site, (selection, decision) in zip(group, selections):
-        if plan is not None and site.name not in plan:
-            decision["action"] = "skipped: the rank budget leaves it dense (the threshold rule does not project it)"
-        elif selection.k == 0:
-            decision["action"] = "skipped: k = 0 (projecting onto nothing would cut the layer off its input)"
-        elif decision["parameters_after"] >= decision["parameters_before"]:
-            decision["action"] = f"skipped: rank {selection.k} of {site.dim} would not reduce parameters"
-        else:
-            candidates.append((site, selection, decision))
-        decisions.append(decision)
-    rewrites = []
-    for site, selection, decision in _one_rewrite_per_module(candidates):
-        rewrites.append(rewrite_site(model, site, selection.basis.float(), selection.mean))
-        decision["action"] = "projected"
-    record: dict[str, Any] = {"step": state["next_step"] + 1, "sites": decisions, "parameters_before": params_before}
-    for site in group:
-        site.accumulator = None  # the O(d²) statistics are no longer needed
-    if not rewrites:
-        record.update(outcome="nothing to compress", parameters_after=params_before,
-                      seconds=time.perf_counter() - started)
-        return model, record
-    metric = adapter.metric
-    projected = _evaluate(model, task, workers)
-    try:
-        record["distillation"] = distill(model, teacher, task.train_batches(state["next_step"]), adapter,
-                                         config.distill, progress=lambda it, total: progress(it, total, "distilling"),
-                                         workers=workers,
-                                         validate=_validation_score(task, workers, config.distill.score))
-    except NonFiniteLoss as error:
-        return _rolled_back(record, teacher, f"rolled back: {error}", started, params_before)
-    after = _evaluate(model, task, workers)
-    record.update({f"{metric.name}_projected": projected, f"{metric.name}_after": after,
-                   "parameters_after": count_parameters(model), "flops_after": _flops(model, task)})
-    if config.max_metric_drop is not None:  # on the validation slice: the evaluation data is only reported
-        validation = record[f"validation_{metric.name}_after"] = _evaluate(model, task, workers,
-                                                                         task.validation_batches)
-        worse = metric.worsening(state["original"][f"validation_{metric.name}"], validation)
-        if worse > config.max_metric_drop:
-            return _rolled_back(record, teacher, f"rolled back: validation {metric.name} worse by {worse:.4f} than "
-                                f"the original's, beyond the budget {config.max_metric_drop:.4f}", started,
-                                params_before)
-    state["rewrites"].extend(r.to_dict() for r in rewrites)
-    record.update(outcome="kept", seconds=time.perf_counter() - started)
-    return model, record
+    return teacher
 
 
-def _recover(model: nn.Module, task: Task, config: LoopConfig, state: dict[str, Any], steps_done: int, progress,
-             say: Callable[[str], None], workers: Workers) -> nn.Module:
-    """The recovery pass: distill the compressed model against the original, on fresh shuffles of the training
-    data; recorded in ``state["recovery"]`` (metric before and after, losses). A diverging pass is undone."""
-    started = time.perf_counter()
-    metric = task.adapter.metric.name
-    before = _evaluate(model, task, workers)
-    kept = copy.deepcopy(model)
-    teacher = copy.deepcopy(task.model).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    batches = itertools.chain.from_iterable(task.train_batches(steps_done + 1 + epoch)
-                                            for epoch in itertools.count())
-    record: dict[str, Any] = {"steps": config.recovery.steps, f"{metric}_before": before}
-    torch.manual_seed(config.seed * 100_003 + steps_done + 1)
-    try:
-        record["distillation"] = distill(model, teacher, batches, task.adapter, config.recovery,
-                                         progress=lambda it, total: progress(it, total, "recovering"),
-                                         workers=workers,
-                                         validate=_validation_score(task, workers, config.recovery.score))
-    except NonFiniteLoss as error:
-        model, record["outcome"] = kept, f"undone: {error}"
-    else:
-        record["outcome"] = "kept"
-    record[f"{metric}_after"] = _evaluate(model, task, workers)
-    record["seconds"] = time.perf_counter() - started
-    state["recovery"] = workers.broadcast(record)
-    say(f"recovery pass against the original ({config.recovery.steps} steps): {record['outcome']}, {metric} "
-        f"{before:.4f} -> {record[f'{metric}_after']:.4f}")
-    return model
-
-
-def _plan_ranks(model: nn.Module, groups: list[list[Site]], task: Task, config: LoopConfig, progress,
-                workers: Workers) -> dict[str, Any]:
-    """The rank budget: every site calibrated on the model as it is, the sites the threshold rule would project
-    (one per module, as the steps choose), and their ranks planned to meet the target; JSON-ready, with what the
-    rule alone would keep, for the report."""
-    sites = [site for group in groups for site in group]
-    calibration = workers.together(lambda: calibrate(
-        model, task.calibration_batches, task.adapter.forward, sites, mask_key=task.adapter.mask_key,
-        estimate_design_effect=config.selection.n_eff == "design-effect",
-        progress=lambda it: progress(it, len(task.calibration_batches), "calibrating every site")))
-    workers.reduce_statistics(sites)
-    sequences = int(workers.sum([calibration.sequences])[0])
-    selections = workers.broadcast(workers.together(
-        lambda: [select_site(model, site, config.selection, sequences) for site in sites]))
-    for site in sites:
-        site.accumulator = None
-    candidates = [(site, selection, decision) for site, (selection, decision) in zip(sites, selections)
-                  if 0 < selection.k and decision["parameters_after"] < decision["parameters_before"]]
-    chosen = _one_rewrite_per_module(candidates)
-    capped = config.target_flop_reduction is not None  # FLOPs are counted (on two copies) only for a FLOP cap
-    total_flops, flops = (workers.broadcast(_site_flops(model, [site for site, _, _ in chosen], task)) if capped
-                          else (None, {}))
-    costs, rule = [], {}
-    for site, selection, decision in chosen:
-        dense, one = site.parameters(model, 1)
-        per_rank = site.parameters(model, 2)[1] - one
-        costs.append(SiteCost(site.name, selection.eigenvalues, selection.edge,
-                              LinearCost(one - per_rank, per_rank, dense), flops.get(site.name, LinearCost(0, 0, 0))))
-        rule[site.name] = selection.k
-    total = count_parameters(model)
-    flop_target = int(total_flops * (1 - config.target_flop_reduction)) if capped else None
-    plan = plan_ranks(costs, Budget(total, total_flops),
-                      Budget(int(total * (1 - config.target_reduction)), flop_target))
-    sites = []
-    for cost in costs:
-        if cost.name in plan.ranks:
-            k = plan.ranks[cost.name]
-            sites.append({"site": cost.name, "d": int(cost.eigenvalues.size), "k": k,
-                          "variance_kept": cost.variance_kept(k), "rule_k": rule[cost.name],
-                          "rule_variance_kept": cost.variance_kept(rule[cost.name]),
-                          "parameters_before": cost.parameters.dense, "parameters_after": cost.parameters.at(k)}
-                         | ({"flops_before": cost.flops.dense, "flops_after": cost.flops.at(k)} if capped else {}))
-    return {"ranks": plan.ranks, "parameters": plan.parameters, "target": plan.target.parameters,
-            "strength": plan.strength, "sites": sites} | (
-        {"flops": plan.flops, "flops_before": total_flops, "flop_target": flop_target, "flop_price": plan.flop_price}
-        if capped else {})
-
-
-def _site_flops(model: nn.Module, sites: list[Site], task: Task) -> tuple[int, dict[str, LinearCost]]:
-    """The model's forward FLOPs on the first calibration batch, and what each site's modules take of them, dense
-    and at any rank: counted, not modelled, on copies rebuilt at ranks 1 and 2 (a FLOP count is linear in the
-    rank), so every site kind, stride and table lookup is counted as torch counts it."""
-    def counted(rank: Optional[int]) -> tuple[int, dict[str, int]]:
-        copied = model if rank is None else copy.deepcopy(model)
-        for site in sites if rank is not None else ():
-            site.rebuild(copied, rank)
-        return flops_by_module(copied, task.adapter.forward, task.calibration_batches[0])
-
-    (total, dense), (_, one), (_, two) = counted(None), counted(1), counted(2)
-
-    def site_flops(counts: dict[str, int], site: Site) -> int:
-        return sum(counts.get(name, 0) for name in site.names)
-
-    costs = {}
-    for site in sites:
-        per_rank = site_flops(two, site) - site_flops(one, site)
-        costs[site.name] = LinearCost(site_flops(one, site) - per_rank, per_rank, site_flops(dense, site))
-    if sites and not any(cost.per_rank for cost in costs.values()):
-        raise ValueError("target_flop_reduction: torch's FLOP counter attributes no FLOPs to the sites' modules in "
-                         "this model's forward (is the adapter's forward calling the model itself?); leave the FLOP "
-                         "cap unset")
-    return total, costs
-
-
-Candidate = tuple[Site, SubspaceSelection, dict[str, Any]]  # a site that would save parameters, with its decision
-
-
-def _one_rewrite_per_module(candidates: list[Candidate]) -> list[Candidate]:
-    """The candidates to rewrite, in their order: where two would rewrite the same module (a narrowing Linear is
-    a site on its input side and on its output side), the one that saves more parameters; the other's decision
-    says why it was not."""
-    def saving(candidate: Candidate) -> int:
-        return candidate[2]["parameters_before"] - candidate[2]["parameters_after"]
-
-    kept: list[Candidate] = []
-    for candidate in sorted(candidates, key=saving, reverse=True):
-        site, _, decision = candidate
-        winner = next((other for other in kept if set(other[0].names) & set(site.names)), None)
-        if winner is None:
-            kept.append(candidate)
-            continue
-        module = sorted(set(winner[0].names) & set(site.names))[0]
-        decision["action"] = (f"skipped: {module} is projected on its {winner[0].observes} side, which saves more "
-                              f"parameters ({saving(winner):,} against {saving(candidate):,})")
-    kept_ids = {id(candidate) for candidate in kept}
-    return [candidate for candidate in candidates if id(candidate) in kept_ids]
-
-
-def _evaluate(model: nn.Module, task: Task, workers: Workers, batches: Optional[list[dict]] = None) -> float:
-    """The metric over every rank's shard of ``batches`` (default: the evaluation data)."""
-    total, count = workers.sum(task.adapter.evaluation_sums(model, task.eval_batches if batches is None else batches))
-    return task.adapter.metric.value(total, count)
-
-
-def _flops(model: nn.Module, task: Task) -> int:
-    return forward_flops(model, task.adapter.forward, task.eval_batches[0])
-
-
-def teacher_to_model(teacher: nn.Module) -> nn.Module:
+def _thawed(teacher: nn.Module) -> nn.Module:
     """The frozen pre-step copy, made trainable again to continue the loop with."""
     for p in teacher.parameters():
         p.requires_grad_(True)
     return teacher
 
 
-def _rolled_back(record: dict[str, Any], teacher: nn.Module, outcome: str, started: float,
-                 params_before: int) -> tuple[nn.Module, dict[str, Any]]:
-    """The model before the step (the teacher) is kept; the record says why."""
-    record.update(outcome=outcome, parameters_after=params_before, seconds=time.perf_counter() - started)
-    return teacher_to_model(teacher), record
+def _run_step(run: _Run, model: nn.Module, group: list[Site],
+              state: dict[str, Any]) -> tuple[nn.Module, StepRecord]:
+    """One step on ``group``: select, project, distill against the model before the step, check; returns the
+    model to continue with (the student, or the teacher on rollback) and the step's record."""
+    started = time.perf_counter()
+    teacher = _frozen_copy(model)
+    record = StepRecord(step=state["next_step"] + 1, sites=[], parameters_before=count_parameters(model))
+    chosen = _choose_rewrites(run, model, group, state, record)
+    rewrites = [rewrite_site(model, c.site, c.selection.basis.float(), c.selection.mean) for c in chosen]
+    if not rewrites:
+        return model, record.end(Outcome.NOTHING, time.perf_counter() - started)
+    task, workers, metric = run.task, run.workers, run.metric
+    record.measured[f"{metric}_projected"] = task.evaluate(model, workers)
+    try:
+        record.distillation = distill(model, teacher, task.train_batches(state["next_step"]), task.adapter,
+                                      run.config.distill, workers=workers,
+                                      progress=lambda it, total: run.progress(it, total, "distilling"),
+                                      validate=task.validation_score(workers, run.config.distill.score))
+    except NonFiniteLoss as error:
+        return _thawed(teacher), record.end(Outcome.ROLLED_BACK, time.perf_counter() - started, why=str(error))
+    record.measured[f"{metric}_after"] = task.evaluate(model, workers)
+    record.parameters_after, record.flops_after = count_parameters(model), task.flops(model)
+    worse = _worse_than_budget(run, model, state, record)
+    if worse:
+        return _thawed(teacher), record.end(Outcome.ROLLED_BACK, time.perf_counter() - started, why=worse)
+    state["rewrites"].extend(r.to_dict() for r in rewrites)
+    return model, record.end(Outcome.KEPT, time.perf_counter() - started, record.parameters_after)
 
 
-def _final_report(model: nn.Module, task: Task, state: dict[str, Any], workers: Workers) -> dict[str, Any]:
+def _choose_rewrites(run: _Run, model: nn.Module, group: list[Site], state: dict[str, Any],
+                     record: StepRecord) -> list[SiteSelection]:
+    """The group's sites calibrated and selected (at the rank budget's ranks, if planned); those whose projection
+    saves parameters, one per module, are returned; every site's decision goes into ``record``."""
+    current = {name for r in state["rewrites"] for name in r["names"]}
+    group = [s for s in group if not set(s.names) & current]
+    plan = state.get("rank_plan", {}).get("ranks")
+    task = run.task
+    selections = calibrate_and_select(
+        model, group, task.calibration_batches, task.adapter, run.config.selection, workers=run.workers,
+        ranks=plan, plots=run.out_dir,
+        progress=lambda it: run.progress(it, len(task.calibration_batches), "calibrating"))
+    candidates = []
+    for chosen in selections:
+        if plan is not None and chosen.site.name not in plan:
+            site_decision(chosen.record, Action.SKIPPED,
+                          "the rank budget leaves it dense (the threshold rule does not project it)")
+        elif chosen.selection.k == 0:
+            site_decision(chosen.record, Action.SKIPPED, "k = 0 (projecting onto nothing would cut the layer off "
+                                                         "its input)")
+        elif not saves_parameters(chosen):
+            site_decision(chosen.record, Action.SKIPPED,
+                          f"rank {chosen.selection.k} of {chosen.site.dim} would not reduce parameters")
+        else:
+            candidates.append(chosen)
+        record.sites.append(chosen.record)
+    kept = one_rewrite_per_module(candidates)
+    for chosen in kept:
+        site_decision(chosen.record, Action.PROJECTED)
+    return kept
+
+
+def _worse_than_budget(run: _Run, model: nn.Module, state: dict[str, Any], record: StepRecord) -> str:
+    """Why the step breaks the metric budget on the validation slice ("" when it does not, or there is none):
+    the evaluation data is only reported, never decided on."""
+    if run.config.max_metric_drop is None:
+        return ""
+    metric = run.task.adapter.metric
+    validation = record.measured[f"validation_{metric.name}_after"] = run.task.validate(model, run.workers)
+    worse = metric.worsening(state["original"][f"validation_{metric.name}"], validation)
+    if worse <= run.config.max_metric_drop:
+        return ""
+    return (f"validation {metric.name} worse by {worse:.4f} than the original's, beyond the budget "
+            f"{run.config.max_metric_drop:.4f}")
+
+
+def _recover(run: _Run, model: nn.Module, state: dict[str, Any], steps_done: int) -> nn.Module:
+    """The recovery pass: distill the compressed model against the original, on fresh shuffles of the training
+    data; recorded in ``state["recovery"]`` (metric before and after, losses). A diverging pass is undone."""
+    started = time.perf_counter()
+    task, workers, metric, recovery = run.task, run.workers, run.metric, run.config.recovery
+    before = task.evaluate(model, workers)
+    kept = copy.deepcopy(model)
+    batches = itertools.chain.from_iterable(task.train_batches(steps_done + 1 + epoch)
+                                            for epoch in itertools.count())
+    record: dict[str, Any] = {"steps": recovery.steps, f"{metric}_before": before, "outcome": Outcome.KEPT}
+    torch.manual_seed(run.config.seed * 100_003 + steps_done + 1)
+    try:
+        record["distillation"] = distill(model, _frozen_copy(task.model), batches, task.adapter, recovery,
+                                         progress=lambda it, total: run.progress(it, total, "recovering"),
+                                         workers=workers, validate=task.validation_score(workers, recovery.score))
+    except NonFiniteLoss as error:
+        model, record["outcome"], record["why"] = kept, Outcome.ROLLED_BACK, str(error)
+    record[f"{metric}_after"] = task.evaluate(model, workers)
+    record["seconds"] = time.perf_counter() - started
+    state["recovery"] = workers.broadcast(record)
+    run.say(f"recovery pass against the original ({recovery.steps} steps): {described(record)}, {metric} "
+            f"{before:.4f} -> {record[f'{metric}_after']:.4f}")
+    return model
+
+
+def _final_report(run: _Run, model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
     params = count_parameters(model)
-    original, metric = state["original"], task.adapter.metric
-    final = {"parameters": params, metric.name: _evaluate(model, task, workers), "flops": _flops(model, task)}
+    task, original, metric = run.task, state["original"], run.task.adapter.metric
+    final = {"parameters": params, metric.name: task.evaluate(model, run.workers), "flops": task.flops(model)}
     if f"validation_{metric.name}" in original:
-        final[f"validation_{metric.name}"] = _evaluate(model, task, workers, task.validation_batches)
+        final[f"validation_{metric.name}"] = task.validate(model, run.workers)
     return {
-        "metric": asdict(metric),
+        "format": checkpoint.RUN_FORMAT, "metric": asdict(metric),
         "original": original, "final": final,
         "parameter_reduction": 1 - params / original["parameters"],
         f"{metric.name}_change": final[metric.name] - original[metric.name],

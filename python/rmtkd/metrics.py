@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from rmtkd_kernels.backends.trials import call_seconds
+from rmtkd_kernels.timing import call_seconds
 
 Forward = Callable[[nn.Module, dict], torch.Tensor]
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Literal
 import torch
 from torch import nn
 
-from rmtkd.adapters.base import ModelAdapter
+from rmtkd.adapters.behaviour import ModelBehaviour
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def lr_factor(step: int, total: int, warmup_steps: int = 0, schedule: str = "lin
     return 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(model: nn.Module, adapter: ModelAdapter, batches: list[dict], config: TrainConfig,
+def train(model: nn.Module, adapter: ModelBehaviour, batches: list[dict], config: TrainConfig,
           progress: Callable[[Iterable, int], Iterable] = lambda it, total: it) -> list[float]:
     """AdamW on ``adapter.task_loss`` for ``config.epochs`` passes over ``batches``; returns the losses."""
     total = config.epochs * len(batches)

@@ -14,7 +14,8 @@ import sys
 import torch
 
 import rmtkd_kernels  # noqa: F401 - registers the built-in backends
-from rmtkd_kernels.backends.trials import Outcome, Problem, run_trials
+from rmtkd_kernels.backends.problem import Problem
+from rmtkd_kernels.backends.trials import Outcome, run_trials
 
 
 def main() -> None:

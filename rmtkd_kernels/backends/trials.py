@@ -7,15 +7,15 @@ the reference backend run in the same dtype, or a small floor per dtype, whichev
 """
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from rmtkd_kernels import reference
+from rmtkd_kernels.backends.problem import Problem, in_layout
 from rmtkd_kernels.backends.registry import get_backend
+from rmtkd_kernels.timing import median_seconds
 
 # Relative error (max |error| / max |oracle|) every backend may have whatever the reference does.
 ERROR_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -27,49 +27,6 @@ def error_floor(op: str, dtype: torch.dtype) -> float:
     if op == "cov_accumulate" and dtype in (torch.float16, torch.bfloat16):
         dtype = torch.float32
     return ERROR_FLOOR[dtype]
-
-
-def layout_of(x: torch.Tensor) -> str:
-    """How x's rows are laid out: kernels are compiled per layout (a unit stride becomes a constant), so a
-    decision made on one layout says nothing about another."""
-    if x.is_contiguous():
-        return "row-major"
-    return "column-major" if x.dim() == 2 and x.stride(0) == 1 else "strided"
-
-
-def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
-    """The values of a row-major x stored in ``layout``."""
-    if layout == "column-major":
-        return x.T.contiguous().T
-    if layout == "strided":
-        wide = torch.empty(x.shape[0], 2 * x.shape[1], dtype=x.dtype, device=x.device)
-        wide[:, ::2] = x
-        return wide[:, ::2]
-    return x
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One op call as trials see it: its sizes (cov_accumulate (n, d); projected_linear (rows, d_in, k, d_out))
-    and its input's layout."""
-
-    op: str
-    sizes: tuple[int, ...]
-    layout: str = "row-major"
-
-    def bucket(self) -> tuple:
-        """Sizes rounded up to powers of two (rows capped at 2¹⁴: past that, time grows linearly in rows and the
-        ranking of backends no longer changes), and the layout; calls in one bucket share one decision."""
-        rows = min(self.sizes[0], 1 << 14)
-        return (_pow2(rows),) + tuple(_pow2(s) for s in self.sizes[1:]) + (self.layout,)
-
-    def trial_sizes(self) -> tuple[int, ...]:
-        """The sizes a trial runs at: the call's own, rows capped as in :meth:`bucket`."""
-        return (min(self.sizes[0], 1 << 14),) + self.sizes[1:]
-
-
-def _pow2(size: int) -> int:
-    return 1 << max(size - 1, 0).bit_length()
 
 
 @dataclass(frozen=True)
@@ -157,27 +114,6 @@ class _ProjectedLinearTrial:
 TRIALS = {"cov_accumulate": _CovTrial, "projected_linear": _ProjectedLinearTrial}
 
 
-def call_seconds(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds of one call: CUDA events on a GPU (what the GPU spent), the wall clock on the CPU."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    began = time.perf_counter()
-    fn()
-    return time.perf_counter() - began
-
-
-def _median_seconds(call: Callable[[], None], device: torch.device) -> float:
-    """Median time of one call after warm-up."""
-    for _ in range(WARMUP):
-        call()
-    return statistics.median(call_seconds(call, device) for _ in range(REPEATS))
-
-
 def run_trials(problem: Problem, dtype: torch.dtype, device: torch.device, backends: list[str],
                starting: Optional[Callable[[str], None]] = None,
                report: Optional[Callable[[Outcome], None]] = None) -> list[Outcome]:
@@ -198,7 +134,7 @@ def run_trials(problem: Problem, dtype: torch.dtype, device: torch.device, backe
                 outcome = Outcome(name, False, error=f"relative error {err:.3g} above the bar {bar:.3g}",
                                   relative_error=err)
             else:
-                outcome = Outcome(name, True, seconds=_median_seconds(trial.timed_call(kernel), device),
+                outcome = Outcome(name, True, seconds=median_seconds(trial.timed_call(kernel), device, WARMUP, REPEATS),
                                   relative_error=err)
         except Exception as error:  # noqa: BLE001 - any failure disqualifies the backend, with its message
             outcome = Outcome(name, False, error=f"{type(error).__name__}: {error}"[:500])

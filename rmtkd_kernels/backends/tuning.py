@@ -14,7 +14,7 @@ with it; the rest are tried in a new child.
 The disk cache is one JSON file per device under ``$RMTKD_CACHE_DIR`` (default ``$XDG_CACHE_HOME/rmtkd``, else
 ``~/.cache/rmtkd``), holding the fingerprint it was made under: device name, driver, torch, triton and rmtkd
 versions. A file that is corrupt or has another fingerprint is ignored and rewritten, atomically.
-``RMTKD_AUTOTUNE=0`` (read by the registry) turns the trials off (automatic choice is then the reference);
+``RMTKD_AUTOTUNE=0`` (read by the chooser) turns the trials off (automatic choice is then the reference);
 ``RMTKD_TRIAL_PROCESS=1`` or ``0`` forces trials into a child process or into this one.
 """
 from __future__ import annotations
@@ -34,8 +34,9 @@ from typing import Optional
 
 import torch
 
-from rmtkd_kernels.backends.registry import forget_decisions, get_backend
-from rmtkd_kernels.backends.trials import Outcome, Problem, run_trials
+from rmtkd_kernels.backends.problem import Problem
+from rmtkd_kernels.backends.registry import get_backend
+from rmtkd_kernels.backends.trials import Outcome, run_trials
 
 CACHE_ENV, TRIAL_PROCESS_ENV = "RMTKD_CACHE_DIR", "RMTKD_TRIAL_PROCESS"
 CACHE_FORMAT = 1
@@ -254,7 +255,6 @@ class Tuner:
                           backend=min(correct, key=lambda o: o["seconds"])["backend"] if correct else "reference")
             self._memory[key] = record["backend"]
             cache.store(disk_key, record)
-            forget_decisions()  # the registry's memo of exact sizes must not keep the demoted backend
         warnings.warn(f"rmtkd: backend {backend!r} {message} for {problem.op} ({str(dtype).removeprefix('torch.')}, "
                       f"sizes {problem.trial_sizes()}) on {device_name(device)}; using {record['backend']!r} for "
                       "such calls from now on.", RuntimeWarning, stacklevel=4)
@@ -264,7 +264,6 @@ class Tuner:
         with self._lock:
             self._memory.clear()
             self._caches.clear()
-        forget_decisions()
 
 
 TUNER = Tuner()

@@ -148,7 +148,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, monkeypatc
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(TASKS["images"], "prepare", interrupted)
+    monkeypatch.setattr(TASKS.get("images"), "prepare", interrupted)
     assert main(["compress", "--task", "images", "--out", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert f"the last completed step is kept in {tmp_path / 'run'}/checkpoint" in err
@@ -227,7 +227,7 @@ def test_a_teacher_trained_elsewhere_is_noted_when_the_run_decides_on_a_validati
 
     def notes(**options) -> list[str]:
         lines: list[str] = []
-        TASKS["text"].teacher(Settings(model=str(tiny_model), **options), None, [], tmp_path, lines.append, None)
+        TASKS.get("text").teacher(Settings(model=str(tiny_model), **options), None, [], tmp_path, lines.append, None)
         return [line for line in lines if "cannot check that the validation slice" in line]
 
     assert len(notes(no_fine_tune=True, early_stopping=2)) == 1

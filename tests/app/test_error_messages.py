@@ -152,14 +152,16 @@ def cases(root: Path, bert: Path, decoder: Path, model_folder: Path) -> list[tup
 def compressed_cnn(out: Path) -> Path:
     """A small CNN compressed by the loop: a model folder of a registered adapter."""
     from rmtkd.adapters import SmallResNetAdapter
+    from rmtkd.batching import image_batches
     from rmtkd.adapters.vision import SmallResNet
     from rmtkd.calibration import SelectionConfig
     from rmtkd.distill import DistillConfig
-    from rmtkd.loop import LoopConfig, Task, compress
+    from rmtkd.loop import LoopConfig, compress
+    from rmtkd.task import Task
 
     torch.manual_seed(0)
     images = torch.randn(64, 1, 12, 12)
-    batches = SmallResNetAdapter.batches(images, torch.arange(64) % 10, 32)
+    batches = image_batches(images, torch.arange(64) % 10, 32)
     task = Task(adapter=SmallResNetAdapter(), model=SmallResNet(widths=(8, 16, 16)).eval(),
                 train_batches=lambda step: batches, calibration_batches=batches, eval_batches=batches)
     config = LoopConfig(selection=SelectionConfig(noise="quantile", tau=0.6), distill=DistillConfig(steps=1),

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from rmtkd_kernels import CovarianceAccumulator, choose_backend, cov_accumulate, projected_linear
-from rmtkd_kernels.backends import registry, tuning
-from rmtkd_kernels.backends.trials import Problem
+from rmtkd_kernels.backends import chooser, registry, tuning
+from rmtkd_kernels.backends.problem import Problem
 
 
 def _register_faulty_backends() -> None:
@@ -23,14 +23,14 @@ def _register_faulty_backends() -> None:
 @pytest.fixture
 def tuner(monkeypatch, tmp_path):
     """A registry copy holding the faulty backends, a fresh tuner and an empty cache folder of the test's own."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    registry.forget_decisions()
-    monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(tuning, "TUNER", tuning.Tuner())
-    _register_faulty_backends()
-    yield tuning.TUNER
-    monkeypatch.undo()
-    registry.forget_decisions()
+    with registry.BACKENDS.scoped():
+        chooser.forget_decisions()
+        monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
+        monkeypatch.setattr(tuning, "TUNER", tuning.Tuner())
+        _register_faulty_backends()
+        yield tuning.TUNER
+        monkeypatch.undo()
+    chooser.forget_decisions()
 
 
 def _pl_args(rows=7, d_in=12, k=5, d_out=9):
@@ -84,12 +84,12 @@ def test_decisions_survive_a_restart_and_a_version_change_invalidates_them(tuner
     assert path.exists()
     calls = []
     monkeypatch.setattr(tuning, "run_trials", lambda *args, **kw: calls.append(args) or [])
-    tuner.forget()  # a new process: memory empty, the file read again
+    chooser.forget_decisions()  # a new process: memory empty, the file read again
     projected_linear(x, basis, weight, bias)
     assert calls == []  # answered from the file
     real = tuning.fingerprint
     monkeypatch.setattr(tuning, "fingerprint", lambda device: {**real(device), "rmtkd": "99.0"})
-    tuner.forget()
+    chooser.forget_decisions()
     projected_linear(x, basis, weight, bias)
     assert len(calls) == 1  # another version: tuned again, and the file rewritten under the new fingerprint
     assert json.loads(path.read_text())["fingerprint"]["rmtkd"] == "99.0"
@@ -99,7 +99,7 @@ def test_a_corrupt_cache_file_is_ignored_and_rewritten(tuner):
     x, basis, weight, bias = _pl_args()
     path = tuner.disk_cache(x.device).path
     path.write_text('{"fingerprint": {"trunc')
-    tuner.forget()
+    chooser.forget_decisions()
     with pytest.warns(RuntimeWarning):
         projected_linear(x, basis, weight, bias)
     data = json.loads(path.read_text())
@@ -119,7 +119,7 @@ def test_sizes_in_one_bucket_share_a_decision_and_other_buckets_get_their_own(tu
 
 
 def test_turning_tuning_off_chooses_the_reference(tuner, monkeypatch):
-    monkeypatch.setenv(registry.AUTOTUNE_ENV, "0")
+    monkeypatch.setenv(chooser.AUTOTUNE_ENV, "0")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert choose_backend("projected_linear", torch.randn(3, 4)) == "reference"
@@ -186,7 +186,7 @@ def test_a_chosen_backend_that_fails_at_run_time_is_demoted_and_the_reference_an
         cov_accumulate(x, gram, colsum, bad)
     torch.testing.assert_close(torch.triu(gram), torch.triu(x.T @ x), rtol=1e-12, atol=1e-12)
     assert choose_backend("cov_accumulate", x) != "flaky"
-    tuner.forget()
+    chooser.forget_decisions()
     assert choose_backend("cov_accumulate", x) != "flaky"  # the disk record says so too
     with pytest.raises(RuntimeError, match="PTX JIT"):
         cov_accumulate(x, gram, colsum, bad, backend="flaky")  # forced: no fallback

@@ -148,13 +148,12 @@ def test_import_and_ops_work_without_the_extension():
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """The backend registry as a copy that the test may extend; choices made meanwhile are forgotten after."""
-    from rmtkd_kernels.backends import registry
+    from rmtkd_kernels.backends import chooser, registry
 
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    registry.forget_decisions()
-    yield registry
-    monkeypatch.undo()
-    registry.forget_decisions()
+    with registry.BACKENDS.scoped():
+        chooser.forget_decisions()
+        yield registry
+    chooser.forget_decisions()
 
 
 def test_a_new_backend_is_one_record_and_one_registration(scratch_registry):

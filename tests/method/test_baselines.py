@@ -2,7 +2,7 @@
 import torch
 
 from rmtkd.baselines import compress_at_ranks, fixed_fraction_ranks, rmtkd_ranks, run_baselines
-from rmtkd.loop import compress, find_task_sites
+from rmtkd.loop import compress
 from rmtkd.metrics import count_parameters
 from tests.method.test_loop import CONFIG, logits, trained_task
 
@@ -15,12 +15,12 @@ def test_baselines_match_rmtkd_size(tmp_path):
     fixed = rows["fixed_fraction_pca"]["parameters"]
     assert fixed <= report["final"]["parameters"] and fixed > 0.9 * report["final"]["parameters"]
     assert all(0 <= row["accuracy"] <= 1 for row in rows.values())
-    assert set(rmtkd_ranks(report)) <= {s.name for s in find_task_sites(task.model, task)}
+    assert set(rmtkd_ranks(report)) <= {s.name for s in task.sites(task.model)}
 
 
 def test_full_rank_weight_svd_reproduces_the_model():
     task = trained_task()
-    sites = find_task_sites(task.model, task)
+    sites = task.sites(task.model)
     full = compress_at_ranks(task, {s.name: s.dim for s in sites}, "weights")
     batch = task.eval_batches[0]
     torch.testing.assert_close(logits(full, batch), logits(task.model.eval(), batch), rtol=1e-4, atol=1e-4)

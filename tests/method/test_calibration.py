@@ -75,9 +75,10 @@ def test_statistics_match_direct_computation_over_real_tokens():
     handle.remove()
     rows = torch.cat([x[b["attention_mask"].bool()] for x, b in zip(captured, batches)]).double()
     site = next(s for s in calibration.sites if s.names == ["blocks.1.up"])
-    assert site.accumulator.count == rows.shape[0] == sum(int(b["attention_mask"].sum()) for b in batches)
-    torch.testing.assert_close(site.accumulator.covariance(), torch.cov(rows.T, correction=0), rtol=1e-4, atol=1e-5)
-    assert site.design_effect.tokens == rows.shape[0]
+    stats = calibration.of(site)
+    assert stats.accumulator.count == rows.shape[0] == sum(int(b["attention_mask"].sum()) for b in batches)
+    torch.testing.assert_close(stats.accumulator.covariance(), torch.cov(rows.T, correction=0), rtol=1e-4, atol=1e-5)
+    assert stats.design_effect.tokens == rows.shape[0]
 
 
 def test_empty_calibration_and_no_compressible_layer_are_errors():

@@ -12,7 +12,8 @@ from rmtkd.adapters import HFCausalLM
 from rmtkd.calibration import SelectionConfig, calibrate, discover_sites
 from rmtkd.distill import DistillConfig
 from rmtkd.layers import FactorizedEmbedding, FactorizedLMHead
-from rmtkd.loop import LoopConfig, Task, compress
+from rmtkd.loop import LoopConfig, compress
+from rmtkd.task import Task
 from rmtkd.metrics import count_parameters
 from rmtkd.persistence import load_compressed
 from rmtkd.surgery import rewrite_site
@@ -71,14 +72,14 @@ def test_full_rank_everywhere_reproduces_the_logits(family, tied):
     batches = token_batches(6, 1)
     reference = adapter.forward(model, batches[0])
     sites = discover_sites(model, batches[0], adapter.forward, adapter.include)
-    calibrate(model, batches, adapter.forward, sites, mask_key=adapter.mask_key)
+    calibration = calibrate(model, batches, adapter.forward, sites, mask_key=adapter.mask_key)
     rewritten: set[str] = set()
     for site in sites:
         if rewritten & set(site.names):
             continue
         rewritten |= set(site.names)
-        basis = torch.linalg.eigh(site.accumulator.covariance())[1].flip(1).float()
-        rewrite_site(model, site, basis, site.accumulator.mean())
+        basis = torch.linalg.eigh(calibration.of(site).accumulator.covariance())[1].flip(1).float()
+        rewrite_site(model, site, basis, calibration.of(site).accumulator.mean())
     torch.testing.assert_close(adapter.forward(model, batches[0]), reference, rtol=1e-4, atol=2e-5)
 
 
@@ -86,11 +87,11 @@ def test_the_tied_embedding_and_head_stay_one_table():
     model, adapter = tiny_model("llama", tied=True), HFCausalLM()
     batches = token_batches(6, 2)
     site = discover_sites(model, batches[0], adapter.forward, adapter.include)[0]
-    calibrate(model, batches, adapter.forward, [site], mask_key=adapter.mask_key)
+    calibration = calibrate(model, batches, adapter.forward, [site], mask_key=adapter.mask_key)
     before, after = site.parameters(model, 8)
     total = count_parameters(model)
-    basis = torch.linalg.eigh(site.accumulator.covariance())[1][:, -8:].flip(1).float()
-    rewrite_site(model, site, basis, site.accumulator.mean())
+    basis = torch.linalg.eigh(calibration.of(site).accumulator.covariance())[1][:, -8:].flip(1).float()
+    rewrite_site(model, site, basis, calibration.of(site).accumulator.mean())
     embedding, head = model.model.embed_tokens, model.lm_head
     assert isinstance(embedding, FactorizedEmbedding) and isinstance(head, FactorizedLMHead)
     assert head.weight is embedding.weight and head.basis is embedding.basis and head.offset is embedding.offset

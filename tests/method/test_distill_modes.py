@@ -132,7 +132,6 @@ def test_the_loss_early_stopping_watches_is_the_task_loss_per_item():
     """A classifier's validation loss is its cross-entropy per example (against a float64 formula), a language
     model's the sums its perplexity is made of; an adapter without one is named."""
     from rmtkd.adapters.base import ModelAdapter
-    from rmtkd.loop import _validation_score
     from rmtkd.distributed import SINGLE
 
     task = trained_task()
@@ -144,9 +143,9 @@ def test_the_loss_early_stopping_watches_is_the_task_loss_per_item():
     expected = -torch.log_softmax(logits, -1)[torch.arange(21), labels].sum()
     assert count == 21 and total == pytest.approx(float(expected), rel=1e-5)
     task.validation_batches = batches
-    assert _validation_score(task, SINGLE, "loss")(task.model) == pytest.approx(float(expected) / 21, rel=1e-5)
+    assert task.validation_score(SINGLE, "loss")(task.model) == pytest.approx(float(expected) / 21, rel=1e-5)
     accuracy = float((logits.argmax(-1) == labels).double().mean())
-    assert _validation_score(task, SINGLE, "metric")(task.model) == pytest.approx(-accuracy)
+    assert task.validation_score(SINGLE, "metric")(task.model) == pytest.approx(-accuracy)
 
     class NoLoss(ClassifierOnIds):
         loss_sums = ModelAdapter.loss_sums
@@ -157,9 +156,12 @@ def test_the_loss_early_stopping_watches_is_the_task_loss_per_item():
         DistillConfig(score="accuracy")
 
 
-def test_the_early_stopping_score_identifies_a_run_only_where_it_decides():
-    plain = DistillConfig(steps=5)
-    assert DistillConfig(steps=5, score="metric").settings() == plain.settings()  # no early stopping: irrelevant
-    stopping = DistillConfig(steps=5, check_every=2)
-    assert "score" not in DistillConfig(steps=5, check_every=2, score="metric").settings()  # runs made before it
-    assert stopping.settings()["score"] == "loss"
+def test_every_distillation_setting_is_part_of_the_run_fingerprint():
+    """One fingerprint policy: any setting that differs makes another run, equal settings the same one."""
+    from rmtkd.loop import LoopConfig
+
+    plain = LoopConfig(distill=DistillConfig(steps=5))
+    assert LoopConfig(distill=DistillConfig(steps=5)).fingerprint() == plain.fingerprint()
+    for changed in (DistillConfig(steps=5, score="metric"), DistillConfig(steps=5, check_every=2),
+                    DistillConfig(steps=5, mode="hidden"), DistillConfig(steps=5, warmup=0.1)):
+        assert LoopConfig(distill=changed).fingerprint() != plain.fingerprint(), changed

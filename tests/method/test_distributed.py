@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from rmtkd.calibration import SelectionConfig, calibrate, select_site
+from rmtkd.calibration import SelectionConfig, calibrate_and_select
 from rmtkd.distill import DistillConfig
 from rmtkd.distributed import Workers
-from rmtkd.loop import LoopConfig, Task, compress, find_task_sites
+from rmtkd.loop import LoopConfig, compress
+from rmtkd.task import Task
 from tests.method.test_loop import make_batches, trained_task
 
 WORLD = 2
@@ -47,12 +48,10 @@ def task_for(workers: Workers, dtype: torch.dtype = torch.float32) -> Task:
 
 def selections(task: Task, workers: Workers) -> list[tuple[int, torch.Tensor]]:
     """(k, basis) of every site after calibration on this rank's shard and the statistics' reduction."""
-    sites = find_task_sites(task.model, task)
-    calibration = calibrate(task.model, task.calibration_batches, task.adapter.forward, sites)
-    workers.reduce_statistics(sites)
-    sequences = int(workers.sum([calibration.sequences])[0])
-    chosen = [select_site(task.model, site, CONFIG.selection, sequences)[0] for site in sites]
-    return [(selection.k, selection.basis) for selection in chosen]
+    sites = task.sites(task.model)
+    chosen = calibrate_and_select(task.model, sites, task.calibration_batches, task.adapter, CONFIG.selection,
+                                  workers=workers)
+    return [(c.selection.k, c.selection.basis) for c in chosen]
 
 
 def run(rank: int, scenario: str, folder: str) -> None:

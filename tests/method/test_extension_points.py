@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from rmtkd.adapters import ClassifierAdapter, load_model, register_adapter
 from rmtkd.calibration import SelectionConfig
 from rmtkd.distill import DistillConfig
-from rmtkd.loop import LoopConfig, Task, compress
+from rmtkd.loop import LoopConfig, compress
+from rmtkd.task import Task
 from rmtkd.sites import Include, Site, Trace, register_site_kind
 from rmtkd_kernels import ProjectedLinear
 
@@ -91,15 +92,15 @@ class AffineNetAdapter(ClassifierAdapter):
 
 
 @pytest.fixture
-def registered(monkeypatch):
-    """The toy kind and adapter in copies of the registries, which the test's end restores."""
-    from rmtkd.adapters import base as adapter_registry
-    from rmtkd.sites import base as site_registry
+def registered():
+    """The toy kind and adapter registered for the test only."""
+    from rmtkd.adapters.base import ADAPTERS
+    from rmtkd.sites.base import KINDS
 
-    monkeypatch.setattr(site_registry, "_KINDS", dict(site_registry._KINDS))
-    monkeypatch.setattr(adapter_registry, "_ADAPTERS", dict(adapter_registry._ADAPTERS))
-    register_site_kind(AffineInput)
-    register_adapter(AffineNetAdapter)
+    with KINDS.scoped(), ADAPTERS.scoped():
+        register_site_kind(AffineInput)
+        register_adapter(AffineNetAdapter)
+        yield
 
 
 def batches(count: int, seed: int) -> list[dict]:

@@ -10,7 +10,9 @@ from torch import nn
 from rmtkd.adapters import ClassifierAdapter
 from rmtkd.calibration import SelectionConfig
 from rmtkd.distill import DistillConfig
-from rmtkd.loop import LoopConfig, Task, compress
+from rmtkd.distributed import SINGLE
+from rmtkd.loop import LoopConfig, compress
+from rmtkd.task import Task
 from rmtkd.metrics import count_parameters
 from rmtkd.persistence import load_compressed
 
@@ -134,32 +136,30 @@ def test_accuracy_budget_rolls_back_every_step(tmp_path):
     strict = LoopConfig(selection=CONFIG.selection, distill=CONFIG.distill, max_metric_drop=-1.0)
     _, report = compress(task, strict, tmp_path, log=lambda message: None)
     assert report["final"]["parameters"] == before and report["rewrites"] == []
-    assert all(s["outcome"].startswith("rolled back: validation accuracy worse by") for s in report["steps"]
-               if s["outcome"] != "nothing to compress")
+    assert all(s["outcome"] == "rolled back" and s["why"].startswith("validation accuracy worse by")
+               for s in report["steps"] if s["outcome"] != "nothing to compress")
     assert "validation_accuracy" in report["original"] and "validation_accuracy" in report["final"]
 
 
 def test_decisions_are_made_on_the_validation_slice_never_on_the_evaluation_data(tmp_path, monkeypatch):
     """A budget the validation data meets and the evaluation data would not: nothing is rolled back; and a
     decision without validation data is refused, naming it."""
-    import rmtkd.loop as loop
-
     task = trained_task()
     task.validation_batches = make_batches(2, seed=99)
     seen = []
-    real = loop._evaluate
+    real = Task.evaluate
 
-    def evaluate(model, task_, workers, batches=None):
+    def evaluate(task_, model, workers=SINGLE, batches=None):
         if batches is task_.validation_batches:
             seen.append("validation")
             return 0.9  # the validation data sees no change at all
         seen.append("eval")
-        value = real(model, task_, workers, batches)
+        value = real(task_, model, workers, batches)
         return value if seen.count("eval") == 1 else value - 0.5  # after the original, eval looks far worse
-    monkeypatch.setattr(loop, "_evaluate", evaluate)
+    monkeypatch.setattr(Task, "evaluate", evaluate)
     budget = LoopConfig(selection=CONFIG.selection, distill=CONFIG.distill, max_metric_drop=0.01)
     _, report = compress(task, budget, tmp_path / "a", log=lambda message: None)
-    assert report["rewrites"] and not any(s["outcome"].startswith("rolled back") for s in report["steps"])
+    assert report["rewrites"] and not any(s["outcome"] == "rolled back" for s in report["steps"])
     assert "validation" in seen and "eval" in seen
     task.validation_batches = []
     with pytest.raises(ValueError, match="task.validation_batches: .*empty .*never on the evaluation data"):
@@ -170,8 +170,8 @@ def test_diverging_distillation_is_rolled_back(tmp_path):
     task = trained_task()
     wild = LoopConfig(selection=CONFIG.selection, distill=DistillConfig(steps=4, lr=1e30, max_grad_norm=1e30))
     model, report = compress(task, wild, tmp_path, log=lambda message: None)
-    assert any(s["outcome"].startswith("rolled back: distillation loss is") for s in report["steps"]), (
-        [s["outcome"] for s in report["steps"]])
+    assert any(s["outcome"] == "rolled back" and s["why"].startswith("distillation loss is")
+               for s in report["steps"]), [s["outcome"] for s in report["steps"]]
     assert torch.isfinite(logits(model, task.eval_batches[0])).all()
 
 
@@ -208,23 +208,25 @@ def test_bad_calibration_names_the_site(tmp_path):
 def test_a_module_claimed_by_both_its_sides_is_rewritten_by_the_larger_saving():
     """A narrowing Linear is a site on its input and on its output side: the side that saves more parameters
     is rewritten (whichever comes first), the other is skipped with both savings; other sites are untouched."""
-    from rmtkd.loop import _one_rewrite_per_module
+    from rmtkd.calibration import SiteSelection
+    from rmtkd.planning import one_rewrite_per_module
     from rmtkd.sites import LinearOutput, SharedInputLinear
 
-    def candidate(kind: type, names: list[str], before: int, after: int) -> tuple:
-        return kind(names=names, dim=8), None, {"parameters_before": before, "parameters_after": after}
+    def candidate(kind: type, names: list[str], before: int, after: int) -> SiteSelection:
+        return SiteSelection(kind(names=names, dim=8), None, {"parameters_before": before, "parameters_after": after})
 
     for input_after, output_after, winner_side in ((428, 117, "output"), (100, 300, "input")):
         qkv = candidate(SharedInputLinear, ["q", "k", "v"], 900, 400)
         input_side = candidate(SharedInputLinear, ["out"], 590, input_after)
         output_side = candidate(LinearOutput, ["out"], 590, output_after)
-        kept = _one_rewrite_per_module([qkv, input_side, output_side])
+        kept = one_rewrite_per_module([qkv, input_side, output_side])
         winner, loser = (output_side, input_side) if winner_side == "output" else (input_side, output_side)
         assert len(kept) == 2 and kept[0] is qkv and kept[1] is winner  # in the candidates' order
         savings = sorted((590 - input_after, 590 - output_after), reverse=True)
-        assert loser[2]["action"] == (f"skipped: out is projected on its {winner_side} side, which saves more "
-                                      f"parameters ({savings[0]:,} against {savings[1]:,})")
-        assert "action" not in winner[2] and "action" not in qkv[2]
+        assert loser.record["action"] == "skipped"
+        assert loser.record["why"] == (f"out is projected on its {winner_side} side, which saves more "
+                                       f"parameters ({savings[0]:,} against {savings[1]:,})")
+        assert "action" not in winner.record and "action" not in qkv.record
 
 
 def test_recovery_pass_distills_against_the_original_once(tmp_path, monkeypatch):
@@ -258,21 +260,19 @@ def test_recovery_pass_distills_against_the_original_once(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("score", ["loss", "metric"])
 def test_early_stopping_checks_the_validation_slice_never_the_evaluation_data(tmp_path, monkeypatch, score):
-    import rmtkd.loop as loop
-
     task = trained_task()
     task.validation_batches = make_batches(2, seed=99)
     seen = []
-    real_evaluate, real_loss_sums = loop._evaluate, task.adapter.loss_sums
+    real_evaluate, real_loss_sums = Task.evaluate, task.adapter.loss_sums
 
-    def evaluate(model, task_, workers, batches=None):
+    def evaluate(task_, model, workers=SINGLE, batches=None):
         seen.append(("metric", "validation" if batches is task_.validation_batches else "eval"))
-        return real_evaluate(model, task_, workers, batches)
+        return real_evaluate(task_, model, workers, batches)
 
     def loss_sums(model, batches):
         seen.append(("loss", "validation" if batches is task.validation_batches else "eval"))
         return real_loss_sums(model, batches)
-    monkeypatch.setattr(loop, "_evaluate", evaluate)
+    monkeypatch.setattr(Task, "evaluate", evaluate)
     monkeypatch.setattr(task.adapter, "loss_sums", loss_sums)
     stopping = LoopConfig(selection=CONFIG.selection,
                           distill=DistillConfig(steps=4, lr=1e-3, check_every=2, score=score),

@@ -23,10 +23,10 @@ def test_sites_skip_depthwise_and_full_rank_rewrite_reproduces_outputs():
     assert "net.classifier.1" not in {name for s in sites for name in s.names}
     assert len({adapter.block_of(s) for s in sites}) == 19  # features.0 … features.18
     reference = adapter.forward(model, batches[0])
-    calibrate(model, batches, adapter.forward, sites, mask_key=None)
+    calibration = calibrate(model, batches, adapter.forward, sites, mask_key=None)
     for site in sites:
-        basis = torch.linalg.eigh(site.accumulator.covariance())[1].flip(1).float()
-        rewrite_site(model, site, basis, site.accumulator.mean())
+        basis = torch.linalg.eigh(calibration.of(site).accumulator.covariance())[1].flip(1).float()
+        rewrite_site(model, site, basis, calibration.of(site).accumulator.mean())
     torch.testing.assert_close(adapter.forward(model.eval(), batches[0]), reference, rtol=1e-3, atol=1e-3)
 
 

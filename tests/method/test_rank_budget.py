@@ -145,15 +145,17 @@ def test_site_flops_are_exact_at_every_rank_for_strided_convolutions():
     import torch
 
     from rmtkd.adapters.vision import SmallResNet, SmallResNetAdapter
-    from rmtkd.loop import Task, _site_flops, find_task_sites
+    from rmtkd.batching import image_batches
+    from rmtkd.planning import site_flops
+    from rmtkd.task import Task
 
     torch.manual_seed(0)
-    batches = SmallResNetAdapter.batches(torch.randn(8, 1, 12, 12), torch.arange(8) % 10, 4)
+    batches = image_batches(torch.randn(8, 1, 12, 12), torch.arange(8) % 10, 4)
     task = Task(adapter=SmallResNetAdapter(), model=SmallResNet(widths=(8, 16, 16)).eval(),
                 train_batches=lambda step: batches, calibration_batches=batches, eval_batches=batches)
-    sites = [site for site in find_task_sites(task.model, task) if site.kind == "conv2d"]
+    sites = [site for site in task.sites(task.model) if site.kind == "conv2d"]
     assert len(sites) >= 4
-    total, costs = _site_flops(task.model, sites, task)
+    total, costs = site_flops(task.model, sites, task)
     assert total == forward_flops(task.model, task.adapter.forward, batches[0])
     spatial = {cost.per_rank for cost in costs.values()}
     assert len(spatial) > 1  # sites at different resolutions cost differently per rank

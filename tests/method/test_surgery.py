@@ -55,17 +55,18 @@ def text_batches():
 
 
 def calibrated(model, batches, forward):
+    """The model's sites and their calibrated accumulators, by site name."""
     sites = discover_sites(model, batches[0], forward)
-    calibrate(model, batches, forward, sites)
-    return sites
+    calibration = calibrate(model, batches, forward, sites)
+    return sites, {site.name: calibration.of(site).accumulator for site in sites}
 
 
-def full_basis(site):
-    return torch.linalg.eigh(site.accumulator.covariance())[1].flip(1)
+def full_basis(accumulator):
+    return torch.linalg.eigh(accumulator.covariance())[1].flip(1)
 
 
 def test_sites_of_every_kind_are_found():
-    sites = calibrated(TextModel(), text_batches(), text_forward)
+    sites, _ = calibrated(TextModel(), text_batches(), text_forward)
     assert [(s.kind, s.names) for s in sites] == [("embedding", ["embed"]), ("linear", ["q", "k"]),
                                                   ("linear", ["head"]), ("linear_output", ["head"])]
     conv_sites = discover_sites(ConvModel(), {"images": torch.randn(2, 3, 8, 8)}, conv_forward)
@@ -77,11 +78,12 @@ def test_full_rank_rewrite_reproduces_outputs_and_counts_match():
     model = TextModel()
     batches = text_batches()
     reference = text_forward(model, batches[0]).detach()
-    sites = [s for s in calibrated(model, batches, text_forward) if s.kind != "linear_output"]  # one side each
+    sites, acc = calibrated(model, batches, text_forward)
+    sites = [s for s in sites if s.kind != "linear_output"]  # one side each
     for site in sites:
         before, after = site.parameters(model, site.dim)
         total_before = sum(p.numel() for p in model.parameters())
-        rewrite_site(model, site, full_basis(site), site.accumulator.mean())
+        rewrite_site(model, site, full_basis(acc[site.name]), acc[site.name].mean())
         assert sum(p.numel() for p in model.parameters()) == total_before - before + after, site.name
     assert isinstance(model.embed, FactorizedEmbedding) and isinstance(model.q, ProjectedLinear)
     assert model.q.basis is model.k.basis  # Q and K share one projection
@@ -96,11 +98,11 @@ def test_true_rank_of_low_rank_activations_is_exact():
         model.embed.weight.copy_(torch.randn(50, 4) @ torch.randn(4, 16) + torch.randn(16))
     batches = text_batches()
     reference = text_forward(model, batches[0]).detach()
-    sites = calibrated(model, batches, text_forward)
+    sites, acc = calibrated(model, batches, text_forward)
     for site in sites[:2]:  # the embedding's output and the q/k input live in the rank-4 subspace
-        values, vectors = torch.linalg.eigh(site.accumulator.covariance())
+        values, vectors = torch.linalg.eigh(acc[site.name].covariance())
         assert (values[:-4].abs() < 1e-5 * values[-1]).all()
-        rewrite_site(model, site, vectors[:, -4:], site.accumulator.mean())
+        rewrite_site(model, site, vectors[:, -4:], acc[site.name].mean())
     torch.testing.assert_close(text_forward(model, batches[0]), reference, rtol=1e-4, atol=1e-4)
 
 
@@ -109,11 +111,11 @@ def test_conv_rewrite_full_rank_and_counts():
     model = ConvModel()
     batch = {"images": torch.randn(4, 3, 10, 10)}
     reference = conv_forward(model, batch).detach()
-    sites = calibrated(model, [batch], conv_forward)
+    sites, acc = calibrated(model, [batch], conv_forward)
     for site in sites:
         total = sum(p.numel() for p in model.parameters())
         before, after = site.parameters(model, site.dim)
-        rewrite_site(model, site, full_basis(site), site.accumulator.mean())
+        rewrite_site(model, site, full_basis(acc[site.name]), acc[site.name].mean())
         assert sum(p.numel() for p in model.parameters()) == total - before + after
     assert isinstance(model.a, ProjectedConv2d) and model.a.project is model.b.project
     torch.testing.assert_close(conv_forward(model, batch), reference, rtol=1e-4, atol=1e-4)
@@ -164,9 +166,9 @@ def test_shared_site_projects_its_input_once_in_inference():
     torch.manual_seed(2)
     model = TextModel()
     batches = text_batches()
-    sites = calibrated(model, batches, text_forward)
+    sites, acc = calibrated(model, batches, text_forward)
     qk = sites[1]
-    rewrite_site(model, qk, full_basis(qk)[:, :5].contiguous(), qk.accumulator.mean())
+    rewrite_site(model, qk, full_basis(acc[qk.name])[:, :5].contiguous(), acc[qk.name].mean())
     assert model.q.shared_input is model.k.shared_input is not None
     with torch.enable_grad():
         expected = text_forward(model, batches[0])  # every member through its own fused op
@@ -213,15 +215,15 @@ def test_a_narrowing_linear_is_projected_on_its_output():
     model = Narrowing()
     forward = lambda m, b: m(b["x"])  # noqa: E731
     batches = [{"x": torch.randn(64, 6)} for _ in range(3)]
-    sites = calibrated(model, batches, forward)
+    sites, acc = calibrated(model, batches, forward)
     assert [(s.kind, s.names, s.dim, s.name) for s in sites[1:3]] == [
         ("linear", ["down"], 40, "down"), ("linear_output", ["down"], 12, "down [output]")]
     output = sites[2]
     reference = forward(model, batches[0]).detach()
     before, after = output.parameters(model, 3)
     assert (before, after) == (40 * 12 + 12, 3 * (40 + 12) + 12)
-    basis = torch.linalg.eigh(output.accumulator.covariance())[1][:, -3:]
-    rewrite_site(model, output, basis.float(), output.accumulator.mean())
+    basis = torch.linalg.eigh(acc[output.name].covariance())[1][:, -3:]
+    rewrite_site(model, output, basis.float(), acc[output.name].mean())
     assert isinstance(model.down, ProjectedLinear) and model.down.rank == 3
     assert sum(p.numel() for p in model.down.parameters()) == after
     torch.testing.assert_close(forward(model, batches[0]), reference, rtol=1e-4, atol=1e-4)  # rank 3 is exact

@@ -12,9 +12,8 @@ Batches hold ``input_ids`` and ``attention_mask`` (batch, seq); every position p
 """
 from __future__ import annotations
 
-import random
 import re
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,30 +84,3 @@ class HFCausalLM(HFModelAdapter):
     def loss_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
         """The task loss is the next-token negative log-likelihood: the sums the perplexity is made of."""
         return self.evaluation_sums(model, batches)
-
-    def token_chunks(self, texts: Sequence[str], seq_len: int, source: str = "the text") -> Tensor:
-        """The texts tokenised, joined with the end-of-text token between them, cut into (n, seq_len) rows;
-        the tail shorter than a row is dropped. ``source`` names the texts in errors."""
-        if self.tokenizer.eos_token_id is None:
-            raise ValueError("model: the tokenizer has no end-of-text token to separate documents with")
-        ids: list[int] = []
-        for encoded in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
-            ids.extend(encoded)
-            ids.append(self.tokenizer.eos_token_id)
-        rows = len(ids) // seq_len
-        if rows == 0:
-            raise ValueError(f"data: {source} holds {len(ids)} tokens, fewer than one sequence of {seq_len}")
-        return torch.tensor(ids[: rows * seq_len]).view(rows, seq_len)
-
-    @staticmethod
-    def chunk_batches(chunks: Tensor, batch_size: int, shuffle_seed: Optional[int] = None,
-                      limit: Optional[int] = None) -> list[dict[str, Tensor]]:
-        """Batches of token rows (every token real); shuffled first if a seed is given; at most ``limit``."""
-        order = list(range(len(chunks)))
-        if shuffle_seed is not None:
-            random.Random(shuffle_seed).shuffle(order)
-        batches = []
-        for start in range(0, len(order), batch_size):
-            ids = chunks[order[start:start + batch_size]]
-            batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
-        return batches[:limit]

@@ -3,11 +3,9 @@ format, the config as the architecture, tokenised batches."""
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
-import torch
 from safetensors import SafetensorError
 from torch import nn
 
@@ -83,23 +81,3 @@ class HFModelAdapter(ModelAdapter):
         config = dict(architecture["config"])
         config_class = transformers.AutoConfig.for_model(config.pop("model_type")).__class__
         return getattr(transformers, self.auto_class).from_config(config_class.from_dict(config))
-
-
-def tokenized_batches(tokenizer: Any, texts: list[str], labels: Optional[list[int]], batch_size: int, max_len: int,
-                      shuffle_seed: Optional[int] = None, limit: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
-    """Tokenised batches (padding to the longest in the batch); shuffled first if a seed is given; at most
-    ``limit`` batches (only those are tokenised); ``labels`` under "labels" when given."""
-    order = list(range(len(texts)))
-    if shuffle_seed is not None:
-        random.Random(shuffle_seed).shuffle(order)
-    if limit is not None:
-        order = order[: limit * batch_size]
-    out = []
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        batch = dict(tokenizer([texts[i] for i in index], padding=True, truncation=True, max_length=max_len,
-                               return_tensors="pt"))
-        if labels is not None:
-            batch["labels"] = torch.tensor([labels[i] for i in index])
-        out.append(batch)
-    return out

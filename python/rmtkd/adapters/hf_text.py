@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rmtkd.adapters.base import ClassifierAdapter, register_adapter
-from rmtkd.adapters.hf_common import HFModelAdapter, tokenized_batches, transformers_offline
+from rmtkd.adapters.hf_common import HFModelAdapter, transformers_offline
 from rmtkd.sites import Site
 
 # Model types whose module layout the adapter knows: embeddings.word_embeddings, encoder.layer.N.
@@ -68,9 +68,3 @@ class HFSequenceClassifier(HFModelAdapter, ClassifierAdapter):
         device = next(model.parameters()).device
         inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         return model(**inputs).logits
-
-    def batches(self, texts: list[str], labels: Optional[list[int]], batch_size: int, max_len: int,
-                shuffle_seed: Optional[int] = None, limit: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
-        """Tokenised batches (padding to the longest in the batch); shuffled first if a seed is given; at most
-        ``limit`` batches (only those are tokenised)."""
-        return tokenized_batches(self.tokenizer, texts, labels, batch_size, max_len, shuffle_seed, limit)

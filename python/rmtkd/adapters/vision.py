@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +90,7 @@ class MobileNetV2Classifier(nn.Module):
 
 
 class ImageClassifier(ClassifierAdapter):
-    """What the CNN adapters share: sites, blocks, forward, batches."""
+    """What the CNN adapters share: sites, blocks, forward."""
 
     hidden_pattern = r"stages\.\d+|net\.features\.\d+"
 
@@ -103,14 +103,6 @@ class ImageClassifier(ClassifierAdapter):
 
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["images"].to(next(model.parameters()).device))
-
-    @staticmethod
-    def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                seed: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
-        """{"images", "labels"} batches in order, or shuffled by ``seed``."""
-        order = (torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)) if seed is not None
-                 else torch.arange(len(images)))
-        return [{"images": images[idx], "labels": labels[idx]} for idx in order.split(batch_size)]
 
 
 @register_adapter

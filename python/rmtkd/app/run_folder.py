@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from rmtkd.atomic import announcing_writes, recover, write_text_atomically
 from rmtkd.calibration import PLOTS
-from rmtkd.loop import CHECKPOINT
+from rmtkd.checkpoint import CHECKPOINT, RUN_FORMAT
 
 RUN_FILE = "run.json"  # the arguments of the run that owns an output folder
 RUN_ENTRIES = {"teacher", CHECKPOINT, "model", PLOTS, "report.json", "report.md", "summary.md", RUN_FILE}
@@ -132,8 +132,8 @@ class Manifest:
 
 
 def vars_for_run(args: argparse.Namespace) -> dict:
-    """The settings that make a run what it is (run.json): what a resume must repeat."""
-    return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IN_FINGERPRINT}
+    """The settings that make a run what it is (run.json): what a resume must repeat, with the run format."""
+    return {"format": RUN_FORMAT} | {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IN_FINGERPRINT}
 
 
 @contextlib.contextmanager
@@ -172,18 +172,9 @@ def claimed_output_folder(out: Path, args: argparse.Namespace, log: Callable[[st
             yield
 
 
-# Options added in later rmtkd versions whose default is not None, 0 or False, at the value that means "as before".
-LATER_OPTION_DEFAULTS = {"distill_mode": "logits", "ranks": "rule", "patience": 2, "early_stopping_score": "metric"}
-
-
 def _same_run(previous: dict | None, settings: dict) -> bool:
-    """Whether a folder's run.json describes a run with these settings. An option the run.json does not name
-    (added in a later rmtkd) matches when it is off (None, 0, False, or its "as before" default), so such runs
-    still resume."""
-    if previous is None or set(previous) - set(settings):
-        return False
-    return all(previous[k] == v if k in previous else v in (None, 0, False) or LATER_OPTION_DEFAULTS.get(k) == v
-               for k, v in settings.items())
+    """Whether a folder's run.json describes a run with exactly these settings."""
+    return previous == settings
 
 
 def _previous_settings(out: Path) -> dict | None:

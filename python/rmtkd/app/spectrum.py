@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from rmtkd.adapters import ModelAdapter
-from rmtkd.calibration import SelectionConfig, calibrate, discover_sites, select_site
+from rmtkd.adapters.behaviour import ModelBehaviour
+from rmtkd.calibration import SelectionConfig, calibrate_and_select, discover_sites, examples_in
 from rmtkd.atomic import write_text_atomically
 
 
@@ -26,21 +26,21 @@ def summarise(rows: list[dict], header: str) -> str:
     return "\n".join(lines)
 
 
-def write_spectra(model: nn.Module, adapter: ModelAdapter, batches: list[dict], out: Path, selection: SelectionConfig,
+def write_spectra(model: nn.Module, adapter: ModelBehaviour, batches: list[dict], out: Path, selection: SelectionConfig,
                   progress: Callable[..., Any], log: Callable[[str], None]) -> dict[str, Any]:
     """Calibrate every site of ``model`` on ``batches``, plot and summarise; returns the report (without paths)."""
     started = time.perf_counter()
     model.eval()
     sites = discover_sites(model, batches[0], adapter.forward, adapter.include)
     log(f"calibrating {len(sites)} sites on {len(batches)} batches")
-    calibration = calibrate(model, batches, adapter.forward, sites, mask_key=adapter.mask_key,
-                            estimate_design_effect=selection.n_eff == "design-effect",
-                            progress=lambda it: progress(it, len(batches), "calibrating"))
-    rows = [select_site(model, site, selection, calibration.sequences, out)[1] for site in calibration.sites]
+    chosen = calibrate_and_select(model, sites, batches, adapter, selection, plots=out,
+                                  progress=lambda it: progress(it, len(batches), "calibrating"))
+    rows = [c.record for c in chosen]
+    examples = examples_in(batches)
     seconds = time.perf_counter() - started
-    report = {"examples": calibration.sequences, "samples_per_site": rows[0]["n_samples"], "noise": selection.noise,
+    report = {"examples": examples, "samples_per_site": rows[0]["n_samples"], "noise": selection.noise,
               "threshold": selection.threshold, "n_eff": selection.n_eff, "seconds": seconds, "sites": rows}
-    header = (f"# RMT spectrum\n\n{calibration.sequences} examples, {report['samples_per_site']:.0f} samples per "
+    header = (f"# RMT spectrum\n\n{examples} examples, {report['samples_per_site']:.0f} samples per "
               f"site (tokens or pixels), noise={selection.noise}, threshold={selection.threshold}, "
               f"n_eff={selection.n_eff}; {seconds:.0f} s.")
     write_text_atomically(out / "summary.md", summarise(rows, header) + "\n")

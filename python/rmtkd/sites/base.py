@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
-from rmtkd.spectral import DesignEffectEstimator
-from rmtkd_kernels import CovarianceAccumulator
+from rmtkd_kernels.registries import Registry
+
 
 Include = Callable[[str, nn.Module], bool]
 
@@ -126,8 +126,6 @@ class Site(ABC):
     names: list[str]
     dim: int
     order: int = 0  # call position of the first member in the traced pass (sites are listed in this order)
-    accumulator: Optional[CovarianceAccumulator] = field(default=None, repr=False)
-    design_effect: Optional[DesignEffectEstimator] = field(default=None, repr=False)
 
     @classmethod
     @abstractmethod
@@ -176,7 +174,7 @@ class Site(ABC):
         return [model.get_submodule(name) for name in self.names]
 
 
-_KINDS: dict[str, type[Site]] = {}
+KINDS: Registry[type[Site]] = Registry("site kind", "kind")
 
 
 def register_site_kind(cls: type[Site]) -> type[Site]:
@@ -184,19 +182,16 @@ def register_site_kind(cls: type[Site]) -> type[Site]:
     sites that start at the same call (a narrowing Linear's input side before its output side)."""
     if not (isinstance(cls, type) and issubclass(cls, Site)) or not isinstance(getattr(cls, "kind", None), str):
         raise ValueError(f"cls: expected a Site subclass with a `kind` name, got {cls!r}")
-    _KINDS[cls.kind] = cls
-    return cls
+    return KINDS.add(cls.kind, cls)
 
 
 def site_kinds() -> tuple[type[Site], ...]:
     """Every registered site kind, in registration order."""
-    return tuple(_KINDS.values())
+    return KINDS.entries()
 
 
 def site_kind(name: str) -> type[Site]:
-    if name not in _KINDS:
-        raise ValueError(f"kind: unknown site kind {name!r}; this rmtkd knows {sorted(_KINDS)}")
-    return _KINDS[name]
+    return KINDS.get(name)
 
 
 def find_sites(model: nn.Module, run: Callable[[], object], include: Include = lambda n, m: True) -> list[Site]:
@@ -205,7 +200,7 @@ def find_sites(model: nn.Module, run: Callable[[], object], include: Include = l
     rank = {cls: index for index, cls in enumerate(site_kinds())}
     sites = [site for cls in site_kinds() for site in cls.find(model, traced, include)]
     if not sites:
-        kinds = ", ".join(sorted(_KINDS))
+        kinds = ", ".join(sorted(KINDS.names()))
         raise ValueError(f"model: no compressible layer was called in a forward pass (site kinds: {kinds}); "
                          "nothing to compress")
     return sorted(sites, key=lambda site: (site.order, rank[type(site)]))

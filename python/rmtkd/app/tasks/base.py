@@ -17,7 +17,8 @@ from torch import nn
 
 from rmtkd.adapters import LoadedModel, ModelAdapter, load_model
 from rmtkd.distributed import Workers
-from rmtkd.loop import Task
+from rmtkd.task import Task
+from rmtkd_kernels.registries import Registry
 
 Log = Callable[[str], None]
 Progress = Callable[..., Any]
@@ -90,7 +91,7 @@ class CommandTask(ABC):
         loaded = load_model(path)
         if not isinstance(loaded.adapter, self.adapters):
             takes = ", ".join(cls.name for cls in self.adapters)
-            others = [task.name for task in TASKS.values() if isinstance(loaded.adapter, task.adapters)]
+            others = [task.name for task in TASKS.entries() if isinstance(loaded.adapter, task.adapters)]
             hint = f"; use --task {others[0]}" if others else ""
             raise ValueError(f"--task {self.name}: {path} holds a {loaded.adapter.name} model, and this task takes "
                              f"{takes}{hint}")
@@ -136,12 +137,11 @@ def sharded(task: Task, workers: Workers) -> Task:
                 validation_batches=workers.shard(task.validation_batches))
 
 
-TASKS: dict[str, CommandTask] = {}
+TASKS: Registry[CommandTask] = Registry("task", "--task")
 
 
 def register_task(task: CommandTask) -> CommandTask:
-    TASKS[task.name] = task
-    return task
+    return TASKS.add(task.name, task)
 
 
 def split_train(count: int, settings: Settings) -> tuple[list[int], list[int], list[int]]:

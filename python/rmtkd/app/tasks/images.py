@@ -10,24 +10,23 @@ import torch
 from torch import nn
 
 from rmtkd.adapters import LoadedModel, MobileNetV2Adapter, SmallResNetAdapter
-from rmtkd.adapters.vision import ImageClassifier, MobileNetV2Classifier, SmallResNet, adapter_for
+from rmtkd.adapters.vision import MobileNetV2Classifier, SmallResNet, adapter_for
 from rmtkd.app.tasks.base import (
     CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, sharded, split_train, teacher_everywhere,
 )
-from rmtkd.distributed import Workers
+from rmtkd.batching import image_batches
 from rmtkd.data import load_fashion_mnist
-from rmtkd.loop import Task
+from rmtkd.distributed import Workers
 from rmtkd.persistence import META_FILE
+from rmtkd.task import Task
 from rmtkd.training import TrainConfig, train
-
-batches = ImageClassifier.batches
 
 
 def test_set(eval_samples: int | None) -> tuple[torch.Tensor, list[dict]]:
     """(images, batches of 500) of the first ``eval_samples`` Fashion-MNIST test images (all if None)."""
     images, labels = load_fashion_mnist("test")
     images, labels = images[:eval_samples], labels[:eval_samples]
-    return images, batches(images, labels, 500)
+    return images, image_batches(images, labels, 500)
 
 
 def latency_probe(images: torch.Tensor) -> Callable[[nn.Module], object]:
@@ -56,7 +55,7 @@ class ImageClassification(CommandTask):
         log(f"training the teacher on {len(images):,} images ({settings.teacher_epochs} epoch(s))")
         config = TrainConfig(epochs=settings.teacher_epochs, lr=settings.teacher_lr or 2e-3, weight_decay=5e-4,
                              schedule="cosine", max_grad_norm=None)
-        train(model.to(settings.device), adapter, batches(images, labels, 128, settings.seed), config,
+        train(model.to(settings.device), adapter, image_batches(images, labels, 128, settings.seed), config,
               progress=lambda it, total: progress(it, total, "training"))
         adapter.save_folder(model, teacher_dir)
         log(f"teacher saved to {teacher_dir} ({time.perf_counter() - started:.0f} s)")
@@ -71,12 +70,12 @@ class ImageClassification(CommandTask):
                                     lambda: self.teacher_structure(settings))
         task = Task(
             adapter=loaded.adapter, model=loaded.model.to(settings.device).eval(),
-            train_batches=lambda step: batches(fit_images, fit_labels, 128,
+            train_batches=lambda step: image_batches(fit_images, fit_labels, 128,
                                                settings.seed * 7919 + step)[: settings.distill_steps
                                                                             * workers.world_size],
-            calibration_batches=batches(images[calib], labels[calib], 256),
+            calibration_batches=image_batches(images[calib], labels[calib], 256),
             eval_batches=eval_batches,
-            validation_batches=batches(images[valid], labels[valid], 256),
+            validation_batches=image_batches(images[valid], labels[valid], 256),
         )
         return Prepared(sharded(task, workers), "fashion-mnist", latency_probe(test_images))
 
@@ -94,7 +93,7 @@ class ImageClassification(CommandTask):
         images, labels = load_fashion_mnist("train")
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(settings.seed))
         subset = order[: settings.calibration_samples]
-        return batches(images[subset], labels[subset], 256), "fashion-mnist"
+        return image_batches(images[subset], labels[subset], 256), "fashion-mnist"
 
 
 register_task(ImageClassification())

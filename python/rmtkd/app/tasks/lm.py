@@ -17,10 +17,11 @@ from rmtkd.adapters import HFCausalLM, LoadedModel
 from rmtkd.app.tasks.base import (
     CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, sharded, split_train, teacher_everywhere,
 )
-from rmtkd.distributed import Workers
 from rmtkd.app.tasks.text import dataset_name, text_run_folder, uses_bbc_news
+from rmtkd.batching import token_batches, token_chunks
 from rmtkd.data import BBC_NEWS, read_bbc_news, read_text_lines, read_text_table
-from rmtkd.loop import Task
+from rmtkd.distributed import Workers
+from rmtkd.task import Task
 
 
 def read_texts(path: str, text_column: str) -> list[str]:
@@ -41,7 +42,7 @@ def read_corpus(settings: Settings) -> tuple[str, list[str], list[str]]:
 
 def latency_probe(adapter: HFCausalLM, texts: list[str], seq_len: int) -> Callable[[nn.Module], object]:
     """A batch-1 forward of the first ``seq_len`` tokens of the texts."""
-    probe = HFCausalLM.chunk_batches(adapter.token_chunks(texts, seq_len)[:1], 1)[0]
+    probe = token_batches(token_chunks(adapter.tokenizer, texts, seq_len)[:1], 1)[0]
     return lambda m: adapter.forward(m, probe)
 
 
@@ -59,25 +60,25 @@ class LanguageModelling(CommandTask):
 
     def _eval_chunks(self, adapter: HFCausalLM, texts: list[str], settings: Settings) -> torch.Tensor:
         source = settings.eval or "the BBC News evaluation split"
-        return adapter.token_chunks(texts, settings.max_len, source)[: settings.eval_samples]
+        return token_chunks(adapter.tokenizer, texts, settings.max_len, source)[: settings.eval_samples]
 
     def prepare(self, settings: Settings, out: Path, log: Log, progress: Progress, workers: Workers) -> Prepared:
         name, train_texts, eval_texts = read_corpus(settings)
         loaded = teacher_everywhere(workers, lambda: self._model(settings), lambda: self._model(settings))
         adapter, model = loaded.adapter, loaded.model.to(settings.device).eval()
-        chunks = adapter.token_chunks(train_texts, settings.max_len, settings.train or "the BBC News training split")
+        chunks = token_chunks(adapter.tokenizer, train_texts, settings.max_len, settings.train or "the BBC News training split")
         calib, valid, fit = split_train(len(chunks), settings)
         fit_chunks = chunks[fit]
         log(f"{name}: {len(chunks):,} training sequences of {settings.max_len} tokens ({len(calib):,} for "
             f"calibration, {f'{len(valid):,} for validation, ' if valid else ''}{len(fit):,} for distillation)")
         task = Task(
             adapter=adapter, model=model,
-            train_batches=lambda step: adapter.chunk_batches(fit_chunks, settings.batch_size,
+            train_batches=lambda step: token_batches(fit_chunks, settings.batch_size,
                                                              shuffle_seed=settings.seed * 7919 + step,
                                                              limit=settings.distill_steps * workers.world_size),
-            calibration_batches=adapter.chunk_batches(chunks[calib], settings.batch_size),
-            eval_batches=adapter.chunk_batches(self._eval_chunks(adapter, eval_texts, settings), settings.batch_size),
-            validation_batches=adapter.chunk_batches(chunks[valid], settings.batch_size),
+            calibration_batches=token_batches(chunks[calib], settings.batch_size),
+            eval_batches=token_batches(self._eval_chunks(adapter, eval_texts, settings), settings.batch_size),
+            validation_batches=token_batches(chunks[valid], settings.batch_size),
         )
         return Prepared(sharded(task, workers), name, latency_probe(adapter, eval_texts, settings.latency_seq_len))
 
@@ -86,7 +87,7 @@ class LanguageModelling(CommandTask):
         name, eval_texts = ((BBC_NEWS, read_bbc_news()[2]) if source is None
                             else (dataset_name(source), read_texts(source, settings.text_column)))
         adapter = loaded.adapter
-        batches = adapter.chunk_batches(self._eval_chunks(adapter, eval_texts, settings), settings.batch_size)
+        batches = token_batches(self._eval_chunks(adapter, eval_texts, settings), settings.batch_size)
         return EvalSet(batches, name, latency_probe(adapter, eval_texts, settings.latency_seq_len))
 
     def calibration_batches(self, settings: Settings, loaded: LoadedModel) -> tuple[list[dict], str]:
@@ -94,11 +95,11 @@ class LanguageModelling(CommandTask):
             texts, name = read_bbc_news()[0], BBC_NEWS
         else:
             texts, name = read_texts(settings.train, settings.text_column), settings.train
-        chunks = loaded.adapter.token_chunks(texts, settings.max_len, name)
+        chunks = token_chunks(loaded.adapter.tokenizer, texts, settings.max_len, name)
         order = list(range(len(chunks)))
         random.Random(settings.seed).shuffle(order)
         picked = order[: max(2, settings.calibration_samples or 0)]
-        return loaded.adapter.chunk_batches(chunks[picked], settings.batch_size), name
+        return token_batches(chunks[picked], settings.batch_size), name
 
 
 register_task(LanguageModelling())

@@ -14,9 +14,10 @@ from rmtkd.adapters.hf_text import default_model_path
 from rmtkd.app.tasks.base import (
     CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, sharded, split_train, teacher_everywhere,
 )
-from rmtkd.distributed import Workers
+from rmtkd.batching import text_batches
 from rmtkd.data import BBC_NEWS, read_bbc_news, read_text_table
-from rmtkd.loop import Task
+from rmtkd.distributed import Workers
+from rmtkd.task import Task
 from rmtkd.training import TrainConfig, train
 
 
@@ -112,7 +113,7 @@ class TextClassification(CommandTask):
         started = time.perf_counter()
         log(f"fine-tuning the teacher on {len(fit):,} examples ({settings.teacher_epochs} epoch(s))")
         labels = label_ids(model.config, [data.train_labels[i] for i in fit])
-        batches = adapter.batches([data.train_texts[i] for i in fit], labels, settings.batch_size, settings.max_len,
+        batches = text_batches(adapter.tokenizer, [data.train_texts[i] for i in fit], labels, settings.batch_size, settings.max_len,
                                   settings.seed)
         config = TrainConfig(epochs=settings.teacher_epochs, lr=settings.teacher_lr or 5e-5)
         train(model, adapter, batches, config, progress=lambda it, total: progress(it, total, "fine-tuning"))
@@ -138,10 +139,10 @@ class TextClassification(CommandTask):
         fit_labels = label_ids(model.config, [data.train_labels[i] for i in fit])
         task = Task(
             adapter=adapter, model=model,
-            train_batches=lambda step: adapter.batches(fit_texts, fit_labels, settings.batch_size, settings.max_len,
+            train_batches=lambda step: text_batches(adapter.tokenizer, fit_texts, fit_labels, settings.batch_size, settings.max_len,
                                                        shuffle_seed=settings.seed * 7919 + step,
                                                        limit=settings.distill_steps * workers.world_size),
-            calibration_batches=adapter.batches([data.train_texts[i] for i in calib], None, settings.batch_size,
+            calibration_batches=text_batches(adapter.tokenizer, [data.train_texts[i] for i in calib], None, settings.batch_size,
                                                 settings.max_len),
             eval_batches=self._eval_batches(adapter, model, data.eval_texts, data.eval_labels, settings),
             validation_batches=self._eval_batches(adapter, model, [data.train_texts[i] for i in valid],
@@ -160,7 +161,7 @@ class TextClassification(CommandTask):
     def _eval_batches(adapter: HFSequenceClassifier, model: nn.Module, texts: list[str], labels: list[str],
                       settings: Settings) -> list[dict]:
         """The evaluation split in batches of 64, labels mapped through the model's label map."""
-        return adapter.batches(texts, label_ids(model.config, labels), 64, settings.max_len)
+        return text_batches(adapter.tokenizer, texts, label_ids(model.config, labels), 64, settings.max_len)
 
     def eval_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
         source = settings.eval  # evaluating reads no training data
@@ -178,7 +179,7 @@ class TextClassification(CommandTask):
             texts, name = read_bbc_news()[0], BBC_NEWS
         else:
             texts, name = read_text_table(settings.train, settings.text_column, label_column=None)[0], settings.train
-        return loaded.adapter.batches(sample_texts(texts, settings), None, settings.batch_size, settings.max_len), name
+        return text_batches(loaded.adapter.tokenizer, sample_texts(texts, settings), None, settings.batch_size, settings.max_len), name
 
 
 def sample_texts(texts: list[str], settings: Settings) -> list[str]:
