@@ -20,3 +20,16 @@ def tiny_model(tmp_path_factory):
     from tests.tiny_text import save_tiny_bert
 
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: runs on a CUDA device when there is one (scripts/gpu-check.sh runs "
+                                       "`pytest -m gpu` on a GPU)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test parametrised on the cuda device is a GPU test too."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "cuda" in callspec.id.split("-"):
+            item.add_marker(pytest.mark.gpu)

@@ -94,6 +94,7 @@ def test_bad_arguments_raise_value_error_naming_them(call, message):
         call()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU for a device mismatch")
 def test_device_mismatch_is_named():
     with pytest.raises(ValueError, match="basis: expected a tensor on cuda"):
@@ -184,6 +185,7 @@ def test_a_new_backend_is_one_record_and_one_registration(scratch_registry):
         choose_backend("cov_accumulate", x, "traced")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not EXTENSION.has_kernel("cov_accumulate", "CUDA"), reason="no CUDA kernels in this build")
 def test_the_cuda_kernel_refuses_float64_it_would_round():
     """It forms every product on fp32 tensor cores: float64 input would lose its precision, so that backend refuses

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from rmtkd_kernels.extension import EXTENSION
 pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "static_gpu.py"
-STEPS = ("environment", "build", "doctor", "static", "tests", "sanitizer", "kernel-benchmarks", "compress-end-to-end")
+STEPS = ("environment", "build", "doctor", "gpu-tests", "kernel-benchmarks", "sanitizer", "end-to-end", "static")
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,29 @@ def test_gpu_check_smoke_runs_every_step_and_records_each(gpu_check):
                 if line.startswith("| ") and not line.startswith("| step")}
     assert tuple(statuses) == STEPS
     assert all(status == "ok" or status.startswith("skipped: smoke mode") for status in statuses.values()), statuses
-    assert statuses["doctor"] == statuses["tests"] == statuses["kernel-benchmarks"] == "ok"
+    assert statuses["doctor"] == statuses["gpu-tests"] == statuses["kernel-benchmarks"] == statuses["end-to-end"] == "ok"
     assert (out / "cpu-quick" / "kernels.json").exists() and "torch" in (out / "logs" / "environment.log").read_text()
+    assert (out / "cpu-quick" / "synthetic_end_to_end.json").exists()
+    steps = json.loads((out / "summary.json").read_text())["steps"]
+    assert [s["step"] for s in steps] == list(STEPS) and all(s["limit"] >= 10 for s in steps)
+
+
+def test_a_budget_too_small_for_every_step_skips_the_rest_and_keeps_what_finished(tmp_path):
+    """With 30 s, the early steps get their shares and the ones past the budget are skipped and recorded; the
+    call ends within the budget and its summary is complete. A bad budget is refused, naming the option."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHON=sys.executable)
+    started = time.monotonic()
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check.sh"), "--smoke", "--budget", "30",
+                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert time.monotonic() - started < 30 + 15, done.stderr[-2000:]
+    steps = json.loads((tmp_path / "summary.json").read_text())["steps"]
+    assert [s["step"] for s in steps] == list(STEPS)
+    assert steps[0]["status"] == "ok" and any(s["status"] == "skipped: no time left in the budget" for s in steps)
+    assert sum(s["seconds"] for s in steps) <= 30 + 5
+    bad = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check.sh"), "--budget", "soon"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "--budget: expected a whole number of seconds" in bad.stderr
 
 
 def test_every_triton_configuration_compiles_for_sm80_and_sm90_within_the_rules(static_gpu, table):

@@ -57,6 +57,7 @@ def test_tile_pairs_are_the_upper_triangle():
     assert pairs == [[i, j] for i in range(4) for j in range(i, 4)]
 
 
+@pytest.mark.gpu
 @needs_interpreter
 @pytest.mark.parametrize("splits", [2, 3])
 def test_sums_are_right_over_several_row_splits(monkeypatch, splits):
@@ -80,6 +81,7 @@ def test_sums_are_right_over_several_row_splits(monkeypatch, splits):
     assert int(bad) == 2
 
 
+@pytest.mark.gpu
 @needs_interpreter
 @pytest.mark.parametrize("splits", [1, 3])
 def test_projected_linear_over_several_d_in_splits(monkeypatch, splits):

@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from matplotlib.figure import Figure
-
 from rmtkd.atomic import save_figure_atomically, write_text_atomically
 from rmtkd.records import Action, Outcome, described
 
@@ -128,6 +126,8 @@ def plot_tradeoff(report: dict[str, Any], path: Path) -> Path:
                         if s["action"] == Action.PROJECTED) + step["parameters_before"]
             rolled_x.append(100 * _reduction(after, original))
             rolled_y.append(value(step[f"{name}_after"]))
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7.5, 4.8), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     ax.plot(xs, ys, marker="o", color="#08519c", label="RMT-KD after each step")

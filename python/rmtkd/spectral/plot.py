@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from rmtkd.atomic import save_figure_atomically
 from rmtkd.spectral.noise import nonzero_eigenvalues
@@ -20,7 +19,10 @@ CURVE_HEADROOM = 2.5  # a narrow MP peak may rise at most this far above the his
 
 
 def plot_spectrum(selection: SubspaceSelection, path: str | Path, title: Optional[str] = None) -> Path:
-    """Write a PNG of the selection's spectrum to ``path`` (atomically) and return the path."""
+    """Write a PNG of the selection's spectrum to ``path`` (atomically) and return the path. matplotlib is
+    imported here, so that compressing without plots does not need it."""
+    from matplotlib.figure import Figure
+
     values = nonzero_eigenvalues(selection.eigenvalues, selection.gamma)
     values = values[values > 0]
     law = selection.mp_law()
