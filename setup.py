@@ -106,5 +106,6 @@ setup(
         "vision": ["torchvision"],
         "test": ["pytest", "pytest-benchmark", "expecttest"],
         "bench": ["pytest-benchmark", "nvidia-ml-py"],
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
     },
 )

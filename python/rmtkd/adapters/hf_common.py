@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from safetensors import SafetensorError
-from torch import nn
+from torch import Tensor, nn
 
 from rmtkd.adapters.base import ModelAdapter
 from rmtkd.atomic import write_folder_atomically
@@ -63,6 +64,25 @@ class HFModelAdapter(ModelAdapter):
     def save_assets(self, folder: Path) -> None:
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
+
+    def save_deploy_assets(self, model: nn.Module, folder: Path) -> None:
+        """The tokenizer and the model's config.json (label names, sizes) beside an exported model."""
+        self.save_assets(folder)
+        model.config.save_pretrained(folder)
+
+    def input_names(self) -> tuple[str, ...]:
+        """The batch keys ``forward`` passes to the model."""
+        return ("input_ids", "attention_mask")
+
+    def example_batch(self, model: nn.Module, batch_size: int, seq_len: int) -> dict[str, Tensor]:
+        """Random token ids of the model's vocabulary; the last row's second half is padding (mask 0)."""
+        generator = torch.Generator().manual_seed(batch_size * 1000 + seq_len)
+        ids = torch.randint(0, model.get_input_embeddings().num_embeddings, (batch_size, seq_len), generator=generator)
+        mask = torch.ones_like(ids)
+        if batch_size > 1:
+            mask[-1, seq_len // 2:] = 0
+        batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+        return {name: batch[name] for name in self.input_names()}
 
     def check_model(self, model: nn.Module, folder: Path) -> None:
         """The tokenizer must fit the embeddings: no more tokens than rows (ids would fall outside the table),

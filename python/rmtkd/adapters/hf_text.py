@@ -64,6 +64,11 @@ class HFSequenceClassifier(HFModelAdapter, ClassifierAdapter):
         match = re.search(r"encoder\.layer\.(\d+)\.", site.names[0])
         return f"encoder.layer.{match.group(1)}" if match else "embeddings"
 
+    def input_names(self) -> tuple[str, ...]:
+        """input_ids, attention_mask, and token_type_ids where the tokenizer makes them (BERT does)."""
+        made = getattr(self.tokenizer, "model_input_names", ())
+        return ("input_ids", "attention_mask") + (("token_type_ids",) if "token_type_ids" in made else ())
+
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         device = next(model.parameters()).device
         inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

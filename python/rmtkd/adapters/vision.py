@@ -20,6 +20,7 @@ from rmtkd.adapters.base import ClassifierAdapter, register_adapter
 from rmtkd.sites import Site
 
 HEADS = {"fc", "net.classifier.1"}
+IMAGE_SIZE = 28  # Fashion-MNIST's; SmallResNet takes any size, MobileNetV2Classifier resizes
 
 
 class BasicBlock(nn.Module):
@@ -104,6 +105,15 @@ class ImageClassifier(ClassifierAdapter):
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["images"].to(next(model.parameters()).device))
 
+    def example_batch(self, model: nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        """Random images of IMAGE_SIZE² pixels with the model's input channels (``seq_len`` is not used)."""
+        generator = torch.Generator().manual_seed(batch_size)
+        return {"images": torch.randn(batch_size, self.channels(model), IMAGE_SIZE, IMAGE_SIZE, generator=generator)}
+
+    def channels(self, model: nn.Module) -> int:
+        """The channels of the images the model reads: its first conv's input channels."""
+        return next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+
 
 @register_adapter
 class SmallResNetAdapter(ImageClassifier):
@@ -127,6 +137,9 @@ class MobileNetV2Adapter(ImageClassifier):
 
     def build(self, architecture: dict[str, Any]) -> nn.Module:
         return MobileNetV2Classifier(architecture["num_classes"], architecture["size"])
+
+    def channels(self, model: nn.Module) -> int:
+        return 1  # greyscale, repeated to RGB by the model
 
 
 def adapter_for(model: nn.Module) -> ImageClassifier:

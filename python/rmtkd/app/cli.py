@@ -6,6 +6,8 @@
     rmtkd compress --task lm --model my-gpt2 --train train.txt --eval valid.txt   # a decoder language model
     rmtkd spectrum --out runs/spectrum   # per-site spectra (plots + JSON) of a model on data; the model is unchanged
     rmtkd evaluate --model runs/bbc-news-minilm/model     # accuracy, size, FLOPs, latency of a model folder
+    rmtkd export --model runs/bbc-news-minilm/model --format onnx --int8 --out runs/bbc-news-minilm/onnx
+    rmtkd evaluate --model runs/bbc-news-minilm/onnx/model.int8.onnx   # the exported model in ONNX Runtime
     rmtkd bench --quick                  # the benchmark suite of benchmarks/ (source checkout)
 
 User errors (missing or unreadable files, unknown labels, unsupported model folders, an output folder holding
@@ -37,8 +39,13 @@ from rmtkd.calibration import N_EFF_RULES, PLOTS, SelectionConfig
 from rmtkd.distill import DISTILL_MODES, EARLY_STOPPING_SCORES, DistillConfig
 from rmtkd.distributed import Workers
 from rmtkd.checkpoint import CHECKPOINT
+from rmtkd.adapters.loading import LoadedModel
+from rmtkd.deploy import ExportedModel, export_onnx, is_export_folder
+from rmtkd.deploy.compare import best_deployments
+from rmtkd.deploy.onnx_export import MIN_OPSET
+from rmtkd.deploy.runtime import require
 from rmtkd.loop import LoopConfig, compress
-from rmtkd.metrics import count_parameters, forward_flops, paired_latency
+from rmtkd.metrics import count_parameters, forward_flops, paired_call_latency, paired_latency
 from rmtkd.atomic import write_text_atomically
 from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS
 
@@ -113,6 +120,9 @@ def compress_command(args: argparse.Namespace, workers: Workers) -> int:
     log = _logger(args) if workers.is_main else (lambda message: None)
     progress = _progress if workers.is_main else (lambda iterable, total, desc: iterable)
     config = loop_config(args)  # checked before anything is written
+    if args.deploy:
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            require(module, "--deploy")
     workers.agree(json.dumps(vars_for_run(args), sort_keys=True, default=str), "the command's settings")
     with contextlib.ExitStack() as stack:
         workers.together(lambda: stack.enter_context(claimed_output_folder(out, args, log)) if workers.is_main
@@ -123,13 +133,18 @@ def compress_command(args: argparse.Namespace, workers: Workers) -> int:
         if args.baselines:
             report["baselines"] = run_baselines(prepared.task, report, progress=progress, group=workers.group)
         if workers.is_main:
+            adapter = prepared.task.adapter
             report["data"] = prepared.data_name
             report["settings"] = json.loads((out / RUN_FILE).read_text())
             report["processes"] = workers.world_size
             report["latency_ms"] = {"batch": 1, "device": str(args.device),
                                     "seq_len": args.latency_seq_len if args.task != "images" else None,
                                     **paired_latency({"original": prepared.task.model, "compressed": compressed},
-                                                     prepared.latency_probe)}
+                                                     lambda m: adapter.forward(m, prepared.latency_batch))}
+            if args.deploy:
+                teacher = out / "teacher" if (out / "teacher").is_dir() else Path(args.model)
+                report["deployment"] = {"batch": 1, "seq_len": report["latency_ms"]["seq_len"], **best_deployments(
+                    {"teacher": teacher, "compressed": out / "model"}, out / "onnx", prepared.latency_batch)}
             title = (f"RMT-KD: {args.arch if args.task == 'images' else model_slug(args.model)} on "
                      f"{prepared.data_name}")
             write_report(report, out, title)
@@ -140,9 +155,23 @@ def compress_command(args: argparse.Namespace, workers: Workers) -> int:
         print(json.dumps(report, indent=2))
     else:
         print("\n" + summary_table(report))
+        if "deployment" in report:
+            print(deployment_line(report["deployment"]))
         print(f"\nreport: {out / 'report.md'} (plots in {out / PLOTS}, trade-off: {out / TRADEOFF_PLOT}); "
               f"compressed model: {out / 'model'}")
     return 0
+
+
+def deployment_line(deployment: dict[str, Any]) -> str:
+    """Each model's fastest deployment at batch 1, and what the compressed one gains over the teacher's."""
+    timed, best = deployment["variants"], deployment["best"]
+    teacher, compressed = timed[best["teacher"]], timed[best["compressed"]]
+    tokens = f", {deployment['seq_len']} tokens" if deployment["seq_len"] else ""
+    return (f"fastest deployment (batch 1{tokens}, median of {deployment['rounds']} paired rounds): teacher "
+            f"{best['teacher'].split(' ', 1)[1]} {teacher['ms']:.2f} ms, compressed "
+            f"{best['compressed'].split(' ', 1)[1]} {compressed['ms']:.2f} ms "
+            f"({teacher['ms'] / compressed['ms']:.2f}× the teacher's fastest, {compressed['speedup']:.2f}× its "
+            f"PyTorch float32); ONNX files in {deployment['onnx']}")
 
 
 def spectrum_command(args: argparse.Namespace, workers: Workers) -> int:
@@ -171,43 +200,79 @@ def spectrum_command(args: argparse.Namespace, workers: Workers) -> int:
 
 
 def evaluate_command(args: argparse.Namespace, workers: Workers) -> int:
-    """The metric on the evaluation data, parameters, forward FLOPs and batch-1 latency of one model folder."""
+    """The metric on the evaluation data, parameters, forward FLOPs and batch-1 latency of one model folder, or
+    of an exported model in ONNX Runtime."""
     one_process(workers, "evaluate")
     task = TASKS.get(args.task)
-    loaded = task.load(args.model)
-    model, adapter = loaded.model.to(args.device).eval(), loaded.adapter
+    exported = is_export_folder(args.model)
+    loaded = exported_loaded(args.model) if exported else task.load(args.model)
+    adapter = loaded.adapter
     evaluation = task.eval_set(Settings.from_args(args), loaded)
-    metric = adapter.metric
-    value = adapter.evaluate(model, evaluation.batches)
+    if exported:
+        run, parameters, flops = loaded.model.run, loaded.meta["parameters"], None
+    else:
+        model = loaded.model.to(args.device).eval()
+        run, parameters = (lambda batch: adapter.forward(model, batch)), count_parameters(model)
+        flops = forward_flops(model, adapter.forward, evaluation.batches[0])
+    metric, value = adapter.metric, adapter.metric.value(*adapter.evaluation_sums_of(run, evaluation.batches))
     seq_len = args.latency_seq_len if args.task != "images" else None
+    device = "cpu (ONNX Runtime)" if exported else str(args.device)
     result: dict[str, Any] = {
         "model": str(args.model), "data": evaluation.data_name,
         "examples": sum(len(next(iter(b.values()))) for b in evaluation.batches),
-        "compressed_by_rmtkd": bool(loaded.meta and loaded.meta.get("rewrites")),
-        "parameters": count_parameters(model),
-        "flops_first_batch": forward_flops(model, adapter.forward, evaluation.batches[0]),
-        "metric": metric.name, metric.name: value,
-        "latency_ms": {"batch": 1, "device": str(args.device), "seq_len": seq_len,
-                       **paired_latency({"median": model}, evaluation.latency_probe)},
+        "compressed_by_rmtkd": bool(loaded.meta and (loaded.meta.get("rewrites")
+                                                      or loaded.meta.get("rewritten_layers"))),
+        "parameters": parameters, "flops_first_batch": flops, "metric": metric.name, metric.name: value,
+        "latency_ms": {"batch": 1, "device": device, "seq_len": seq_len,
+                       **paired_call_latency({"median": lambda: run(evaluation.latency_batch)},
+                                             torch.device("cpu" if exported else args.device))},
     }
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        shown = f"{100 * value:.2f}%" if metric.percent else f"{value:.2f}"
-        print(f"{args.model} on {evaluation.data_name} ({result['examples']:,} examples): {metric.name} {shown}, "
-              f"{result['parameters']:,} parameters, {result['flops_first_batch']:.3g} FLOPs (first batch), "
-              f"latency {result['latency_ms']['median']:.2f} ms (batch 1{f', seq {seq_len}' if seq_len else ''}"
-              f", {args.device})")
+        return 0
+    shown = f"{100 * value:.2f}%" if metric.percent else f"{value:.2f}"
+    flops_text = f", {flops:.3g} FLOPs (first batch)" if flops is not None else ""
+    print(f"{args.model} on {evaluation.data_name} ({result['examples']:,} examples): {metric.name} {shown}, "
+          f"{parameters:,} parameters{flops_text}, latency {result['latency_ms']['median']:.2f} ms (batch 1"
+          f"{f', seq {seq_len}' if seq_len else ''}, {device})")
+    return 0
+
+
+def exported_loaded(path: str) -> LoadedModel:
+    """An exported model as the tasks read a loaded one: its adapter, the ONNX Runtime model (with its config)
+    in place of the module, and deploy.json."""
+    exported = ExportedModel.load(path)
+    return LoadedModel(exported.adapter, exported, exported.meta)
+
+
+def export_command(args: argparse.Namespace, workers: Workers) -> int:
+    """Export a model folder to an ONNX Runtime folder (optionally with its int8 graph), validated."""
+    one_process(workers, "export")
+    out = Path(args.out) if args.out else Path(args.model).parent / f"{Path(args.model).name}-onnx"
+    meta = export_onnx(args.model, out, int8=args.int8, opset=args.opset)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    for variant, check in meta["validation"].items():
+        print(f"{out / meta['files'][variant]}: ONNX Runtime vs PyTorch max |difference| "
+              f"{check['max_abs_error']:.3g} (outputs up to {check['max_abs_output']:.3g}), arg-max agreement "
+              f"{100 * check['argmax_agreement']:.1f}%")
+    print(f"wrote {out} (deploy.json, {', '.join(meta['files'].values())}, the tokenizer and config where the model "
+          "has them)")
     return 0
 
 
 def bench_command(args: argparse.Namespace, workers: Workers) -> int:
-    """Run benchmarks/run.py of the source checkout with this Python."""
+    """Run benchmarks/run.py (or, with --deploy, benchmarks/deploy.py) of the source checkout with this Python."""
     one_process(workers, "bench")
-    runner = Path(__file__).resolve().parents[3] / "benchmarks" / "run.py"
+    runner = Path(__file__).resolve().parents[3] / "benchmarks" / ("deploy.py" if args.deploy else "run.py")
     if not runner.is_file():
         raise ValueError("bench: the benchmark suite lives in the source checkout's benchmarks/ folder, which this "
                          "installation does not have (pip install -e a clone of the repository)")
+    if args.deploy:
+        command = [sys.executable, str(runner), "--run", args.deploy, *(["--quick"] if args.quick else [])]
+        command += ["--out", args.out] if args.out else []
+        return subprocess.call(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     command = [sys.executable, str(runner), *(["--quick"] if args.quick else []), "--device", args.device]
     command += ["--models", *args.models] if args.models else []
     command += ["--out", args.out] if args.out else []
@@ -290,6 +355,10 @@ def _compress_parser(commands: Any) -> None:
     c.add_argument("--baselines", action="store_true",
                    help="also run weight SVD, activation PCA and fixed-fraction PCA at RMT-KD's size")
     c.add_argument("--latency-seq-len", type=int, default=128, help="text, lm: sequence length of the latency probe")
+    c.add_argument("--deploy", action="store_true",
+                   help="also export teacher and compressed model to OUT/onnx (float32 and int8) and report each "
+                        "one's fastest deployment of PyTorch / ONNX Runtime × float32 / int8 at batch 1 (needs "
+                        "pip install 'rmtkd[onnx]')")
     c.set_defaults(run=compress_command)
 
 
@@ -355,10 +424,22 @@ def _other_parsers(commands: Any) -> None:
     e.add_argument("--latency-seq-len", type=int, default=128, help="text, lm: sequence length of the latency probe")
     e.set_defaults(run=evaluate_command)
 
+    x = commands.add_parser("export", help="a model folder to ONNX (ONNX Runtime), optionally with an int8 graph")
+    x.add_argument("--model", required=True, help="rmtkd model folder (OUT/model, OUT/teacher) or Hugging Face "
+                                                  "model folder")
+    x.add_argument("--format", choices=("onnx",), default="onnx", help="onnx: torch's dynamo ONNX exporter")
+    x.add_argument("--int8", action="store_true", help="also write model.int8.onnx (ONNX Runtime dynamic int8)")
+    x.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (at least {MIN_OPSET})")
+    x.add_argument("--out", help="output folder (default: MODEL-onnx beside the model folder)")
+    x.add_argument("--json", action="store_true", help="print deploy.json on stdout")
+    x.set_defaults(run=export_command, task=None)
+
     b = commands.add_parser("bench", help="the benchmark suite (benchmarks/run.py of the source checkout)")
     b.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (a smoke run)")
     b.add_argument("--models", nargs=2, metavar=("ORIGINAL", "COMPRESSED"),
                    help="model folders to compare end to end (default: runs/bbc-news-minilm's teacher and model)")
+    b.add_argument("--deploy", metavar="RUN", help="the deployment benchmark of a compress run's teacher and model "
+                                                   "(PyTorch / ONNX Runtime, float32 / int8; CPU)")
     b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     b.add_argument("--out", help="results folder (default benchmarks/results)")
     b.set_defaults(run=bench_command, json=False)

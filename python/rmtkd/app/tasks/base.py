@@ -13,7 +13,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
-from torch import nn
 
 from rmtkd.adapters import LoadedModel, ModelAdapter, load_model
 from rmtkd.distributed import Workers
@@ -64,11 +63,11 @@ class Settings:
 
 @dataclass
 class Prepared:
-    """What ``rmtkd compress`` runs: the loop's task, the data's name, a batch-1 forward for latency."""
+    """What ``rmtkd compress`` runs: the loop's task, the data's name, a batch of one example for latency."""
 
     task: Task
     data_name: str
-    latency_probe: Callable[[nn.Module], object]
+    latency_batch: dict
 
 
 @dataclass
@@ -77,7 +76,7 @@ class EvalSet:
 
     batches: list[dict]
     data_name: str
-    latency_probe: Callable[[nn.Module], object]
+    latency_batch: dict  # one example, as the latency is reported: batch 1
 
 
 class CommandTask(ABC):
@@ -109,6 +108,11 @@ class CommandTask(ABC):
     @abstractmethod
     def eval_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
         """The evaluation data for a loaded model."""
+
+    @abstractmethod
+    def validation_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
+        """The validation slice of the training data that a run with ``settings`` decided on (the same examples
+        as its ``prepare``), for a loaded model: where deployment variants are compared without --eval."""
 
     @abstractmethod
     def calibration_batches(self, settings: Settings, loaded: LoadedModel) -> tuple[list[dict], str]:
@@ -164,3 +168,12 @@ def split_train(count: int, settings: Settings) -> tuple[list[int], list[int], l
     random.Random(settings.seed).shuffle(order)
     rest = calibration + validation
     return order[:calibration], order[calibration:rest], order[rest:rest + settings.train_samples]
+
+
+def validation_indices(count: int, settings: Settings) -> list[int]:
+    """The validation slice of :func:`split_train`; an error when the run held none out."""
+    valid = split_train(count, settings)[1]
+    if not valid:
+        raise ValueError("--validation-samples: the run held out no validation slice (it made no decision on one); "
+                         "give --validation-samples to the run to compare on one")
+    return valid

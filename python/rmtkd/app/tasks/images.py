@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
-from torch import nn
 
 from rmtkd.adapters import LoadedModel, MobileNetV2Adapter, SmallResNetAdapter
 from rmtkd.adapters.vision import MobileNetV2Classifier, SmallResNet, adapter_for
 from rmtkd.app.tasks.base import (
     CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, sharded, split_train, teacher_everywhere,
+    validation_indices,
 )
 from rmtkd.batching import image_batches
 from rmtkd.data import load_fashion_mnist
@@ -29,9 +28,9 @@ def test_set(eval_samples: int | None) -> tuple[torch.Tensor, list[dict]]:
     return images, image_batches(images, labels, 500)
 
 
-def latency_probe(images: torch.Tensor) -> Callable[[nn.Module], object]:
-    probe = images[:1]
-    return lambda m: m(probe.to(next(m.parameters()).device))
+def latency_batch(images: torch.Tensor) -> dict:
+    """A batch of one image."""
+    return {"images": images[:1]}
 
 
 class ImageClassification(CommandTask):
@@ -77,7 +76,7 @@ class ImageClassification(CommandTask):
             eval_batches=eval_batches,
             validation_batches=image_batches(images[valid], labels[valid], 256),
         )
-        return Prepared(sharded(task, workers), "fashion-mnist", latency_probe(test_images))
+        return Prepared(sharded(task, workers), "fashion-mnist", latency_batch(test_images))
 
     @staticmethod
     def teacher_structure(settings: Settings) -> LoadedModel:
@@ -87,7 +86,13 @@ class ImageClassification(CommandTask):
 
     def eval_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
         images, eval_batches = test_set(settings.eval_samples)
-        return EvalSet(eval_batches, "fashion-mnist", latency_probe(images))
+        return EvalSet(eval_batches, "fashion-mnist", latency_batch(images))
+
+    def validation_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
+        images, labels = load_fashion_mnist("train")
+        valid = validation_indices(len(images), settings)
+        return EvalSet(image_batches(images[valid], labels[valid], 256), "fashion-mnist validation slice",
+                       latency_batch(images))
 
     def calibration_batches(self, settings: Settings, loaded: LoadedModel) -> tuple[list[dict], str]:
         images, labels = load_fashion_mnist("train")

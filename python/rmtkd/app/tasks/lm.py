@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Callable
 
 import torch
-from torch import nn
 
 from rmtkd.adapters import HFCausalLM, LoadedModel
 from rmtkd.app.tasks.base import (
     CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, sharded, split_train, teacher_everywhere,
+    validation_indices,
 )
 from rmtkd.app.tasks.text import dataset_name, text_run_folder, uses_bbc_news
 from rmtkd.batching import token_batches, token_chunks
@@ -40,10 +39,9 @@ def read_corpus(settings: Settings) -> tuple[str, list[str], list[str]]:
             read_texts(settings.eval, settings.text_column))
 
 
-def latency_probe(adapter: HFCausalLM, texts: list[str], seq_len: int) -> Callable[[nn.Module], object]:
-    """A batch-1 forward of the first ``seq_len`` tokens of the texts."""
-    probe = token_batches(token_chunks(adapter.tokenizer, texts, seq_len)[:1], 1)[0]
-    return lambda m: adapter.forward(m, probe)
+def latency_batch(adapter: HFCausalLM, texts: list[str], seq_len: int) -> dict:
+    """A batch of one sequence: the first ``seq_len`` tokens of the texts."""
+    return token_batches(token_chunks(adapter.tokenizer, texts, seq_len)[:1], 1)[0]
 
 
 class LanguageModelling(CommandTask):
@@ -80,7 +78,7 @@ class LanguageModelling(CommandTask):
             eval_batches=token_batches(self._eval_chunks(adapter, eval_texts, settings), settings.batch_size),
             validation_batches=token_batches(chunks[valid], settings.batch_size),
         )
-        return Prepared(sharded(task, workers), name, latency_probe(adapter, eval_texts, settings.latency_seq_len))
+        return Prepared(sharded(task, workers), name, latency_batch(adapter, eval_texts, settings.latency_seq_len))
 
     def eval_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
         source = settings.eval  # evaluating reads no training data
@@ -88,7 +86,14 @@ class LanguageModelling(CommandTask):
                             else (dataset_name(source), read_texts(source, settings.text_column)))
         adapter = loaded.adapter
         batches = token_batches(self._eval_chunks(adapter, eval_texts, settings), settings.batch_size)
-        return EvalSet(batches, name, latency_probe(adapter, eval_texts, settings.latency_seq_len))
+        return EvalSet(batches, name, latency_batch(adapter, eval_texts, settings.latency_seq_len))
+
+    def validation_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
+        name, train_texts, _ = read_corpus(settings)
+        chunks = token_chunks(loaded.adapter.tokenizer, train_texts, settings.max_len, name)
+        valid = validation_indices(len(chunks), settings)
+        return EvalSet(token_batches(chunks[valid], settings.batch_size), f"{name} validation slice",
+                       latency_batch(loaded.adapter, train_texts, settings.latency_seq_len))
 
     def calibration_batches(self, settings: Settings, loaded: LoadedModel) -> tuple[list[dict], str]:
         if settings.train is None:

@@ -5,7 +5,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -13,6 +13,7 @@ from rmtkd.adapters import HFSequenceClassifier, LoadedModel
 from rmtkd.adapters.hf_text import default_model_path
 from rmtkd.app.tasks.base import (
     CommandTask, EvalSet, Log, Prepared, Progress, Settings, register_task, sharded, split_train, teacher_everywhere,
+    validation_indices,
 )
 from rmtkd.batching import text_batches
 from rmtkd.data import BBC_NEWS, read_bbc_news, read_text_table
@@ -80,11 +81,10 @@ def label_ids(config: Any, names: list[str]) -> list[int]:
                      f"{sorted(label2id)[:10]} nor integers below its {config.num_labels} outputs")
 
 
-def latency_probe(adapter: HFSequenceClassifier, text: str, seq_len: int) -> Callable[[nn.Module], object]:
-    """A batch-1 forward of ``text`` padded/truncated to exactly ``seq_len`` tokens."""
-    probe = dict(adapter.tokenizer([text], padding="max_length", truncation=True, max_length=seq_len,
-                                   return_tensors="pt"))
-    return lambda m: adapter.forward(m, probe)
+def latency_batch(adapter: HFSequenceClassifier, text: str, seq_len: int) -> dict:
+    """A batch of one example: ``text`` padded/truncated to exactly ``seq_len`` tokens."""
+    return dict(adapter.tokenizer([text], padding="max_length", truncation=True, max_length=seq_len,
+                                  return_tensors="pt"))
 
 
 class TextClassification(CommandTask):
@@ -149,7 +149,7 @@ class TextClassification(CommandTask):
                                                   [data.train_labels[i] for i in valid], settings),
         )
         return Prepared(sharded(task, workers), data.name,
-                        latency_probe(adapter, data.eval_texts[0], settings.latency_seq_len))
+                        latency_batch(adapter, data.eval_texts[0], settings.latency_seq_len))
 
     def teacher_structure(self, settings: Settings, classes: list[str]) -> LoadedModel:
         """A model shaped like the teacher rank 0 makes (its values are then copied from rank 0)."""
@@ -172,7 +172,15 @@ class TextClassification(CommandTask):
         texts, labels = texts[: settings.eval_samples], labels[: settings.eval_samples]
         return EvalSet(self._eval_batches(loaded.adapter, loaded.model, texts, labels, settings),
                        BBC_NEWS if source is None else dataset_name(source),
-                       latency_probe(loaded.adapter, texts[0], settings.latency_seq_len))
+                       latency_batch(loaded.adapter, texts[0], settings.latency_seq_len))
+
+    def validation_set(self, settings: Settings, loaded: LoadedModel) -> EvalSet:
+        data = read_text_data(settings)
+        valid = validation_indices(len(data.train_texts), settings)
+        texts, labels = [data.train_texts[i] for i in valid], [data.train_labels[i] for i in valid]
+        return EvalSet(self._eval_batches(loaded.adapter, loaded.model, texts, labels, settings),
+                       f"{data.name} validation slice",
+                       latency_batch(loaded.adapter, texts[0], settings.latency_seq_len))
 
     def calibration_batches(self, settings: Settings, loaded: LoadedModel) -> tuple[list[dict], str]:
         if settings.train is None:
