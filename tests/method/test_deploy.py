@@ -175,3 +175,28 @@ def test_compress_reports_the_fastest_deployment_and_the_benchmark_compares_all_
     assert all(r["ms_min"] <= r["ms"] <= r["ms_max"] and len(r["rounds_ms"]) == 3 for r in result["rows"])
     assert result["accuracy"]["teacher torch fp32"] == result["accuracy"]["teacher ORT fp32"]
     assert result["goals"]["shape"] == "batch 1, 16 tokens"
+
+
+class DataDependent(nn.Module):
+    """A model whose output shape depends on its values: ONNX cannot express it with static rank logic."""
+
+    def forward(self, x):
+        return x.nonzero().float() if x.sum() > 0 else x
+
+
+class DataDependentAdapter:
+    name = "data-dependent"
+
+    def example_batch(self, model, batch_size, seq_len):
+        return {"x": torch.randn(batch_size, 4)}
+
+    def forward(self, model, batch):
+        return model(batch["x"])
+
+
+def test_a_model_the_exporter_cannot_express_gets_its_cause_and_nothing_is_written(tmp_path):
+    from rmtkd.adapters.loading import LoadedModel
+
+    with pytest.raises(ValueError, match=r"model: <in memory> cannot be exported to ONNX \(\w+: "):
+        export_onnx(LoadedModel(DataDependentAdapter(), DataDependent(), None), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -221,7 +221,7 @@ def evaluate_command(args: argparse.Namespace, workers: Workers) -> int:
         "model": str(args.model), "data": evaluation.data_name,
         "examples": sum(len(next(iter(b.values()))) for b in evaluation.batches),
         "compressed_by_rmtkd": bool(loaded.meta and (loaded.meta.get("rewrites")
-                                                      or loaded.meta.get("rewritten_layers"))),
+                                                      or loaded.meta.get("compressed_by_rmtkd"))),
         "parameters": parameters, "flops_first_batch": flops, "metric": metric.name, metric.name: value,
         "latency_ms": {"batch": 1, "device": device, "seq_len": seq_len,
                        **paired_call_latency({"median": lambda: run(evaluation.latency_batch)},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -81,7 +82,7 @@ def check_graph(path: Path) -> dict[str, int]:
 
 
 @torch.no_grad()
-def compare(model: nn.Module, adapter: ModelBehaviour, onnx_session: Any, inputs: list[dict[str, Any]]) -> dict:
+def against_pytorch(model: nn.Module, adapter: ModelBehaviour, onnx_session: Any, inputs: list[dict[str, Any]]) -> dict:
     """ONNX Runtime against PyTorch at EXAMPLE_SHAPES: the largest absolute difference, the largest |output|,
     and the share of rows whose arg-max agrees."""
     error = scale = 0.0
@@ -112,9 +113,17 @@ def _trace(model: nn.Module, adapter: ModelBehaviour, target: Path, opset: int, 
                           output_names=["logits"], dynamic_shapes=(tuple(dynamic_shapes(example).values()),),
                           optimize=True, verbose=False, external_data=False)
     except Exception as error:  # noqa: BLE001 - the exporter raises many types; the user needs one message
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"model: {source} cannot be exported to ONNX ({type(error).__name__}: {first})") from error
+        raise ValueError(f"model: {source} cannot be exported to ONNX ({first_cause(error)})") from error
     return _input_specs(example)
+
+
+def first_cause(error: BaseException) -> str:
+    """The innermost cause of an exporter error, as one line: what the user can act on (the outer ones say
+    which export stage failed)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _check_out(out: Path) -> None:
@@ -127,6 +136,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path, *, int8: bool 
                 opset: int = MIN_OPSET) -> dict[str, Any]:
     """Export a model folder (or a loaded model) to the ONNX Runtime folder ``out``; returns its deploy.json.
 
+    A loaded model is moved to the CPU in float32 (ONNX Runtime's CPU provider is what the export is checked on).
     Raises a ValueError naming the argument for a folder rmtkd cannot load, an opset below MIN_OPSET, a missing
     optional package, a model the exporter cannot express, or a graph that disagrees with PyTorch.
     """
@@ -146,8 +156,9 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path, *, int8: bool 
         meta.update(format=EXPORT_FORMAT, adapter=adapter.name, source=str(source), opset=opset, inputs=inputs,
                     outputs=[{"name": "logits"}], files={"fp32": FILES["fp32"]},
                     parameters=count_parameters(network), rewritten_layers=rewritten_layers(network),
+                    compressed_by_rmtkd=bool(loaded.meta and loaded.meta.get("rewrites")),
                     ops={"fp32": check_graph(folder / FILES["fp32"])}, validation={})
-        meta["validation"]["fp32"] = fp32 = compare(network, adapter, session(folder / FILES["fp32"]), inputs)
+        meta["validation"]["fp32"] = fp32 = against_pytorch(network, adapter, session(folder / FILES["fp32"]), inputs)
         fp32["tolerance"] = 1e-4 * (1 + fp32["max_abs_output"])
         if fp32["max_abs_error"] > fp32["tolerance"]:
             raise ValueError(f"model: the exported graph differs from PyTorch by {fp32['max_abs_error']:.3g} "
@@ -156,7 +167,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path, *, int8: bool 
             quantize_onnx_int8(folder / FILES["fp32"], folder / FILES["int8"])
             meta["files"]["int8"] = FILES["int8"]
             meta["ops"]["int8"] = check_graph(folder / FILES["int8"])
-            meta["validation"]["int8"] = compare(network, adapter, session(folder / FILES["int8"]), inputs)
+            meta["validation"]["int8"] = against_pytorch(network, adapter, session(folder / FILES["int8"]), inputs)
         meta["versions"] = _versions()
         adapter.save_deploy_assets(network, folder)
         (folder / DEPLOY_FILE).write_text(json.dumps(meta, indent=2) + "\n")
