@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, markdown_table, write_results  # noqa: E402
 
 from rmtkd.app.tasks import TASKS, Settings  # noqa: E402
-from rmtkd.deploy.compare import Run, deployment_runners, fastest, paired_rounds  # noqa: E402
+from rmtkd.deploy.compare import Run, deployment_runners, fastest, paired_rounds, run_models  # noqa: E402
 from rmtkd.metrics import count_parameters  # noqa: E402
 
 GOALS = {"best_vs_teacher_best": 2.0, "best_vs_teacher_fp32": 5.0, "max_accuracy_drop_points": 1.0}
@@ -109,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = run_settings(args.run, args.goal_seq_len)
     if settings.task != "text":
         raise SystemExit("deploy.py: --run: the deployment benchmark takes text-classification runs")
-    runs, models = deployment_runners({"teacher": args.run / "teacher", "compressed": args.run / "model"},
-                                      args.run / "onnx")
+    runs, models = deployment_runners(run_models(args.run), args.run / "onnx")
     parameters = {role: count_parameters(loaded.model) for role, loaded in models.items()}
     loaded = models["compressed"]
     validation = TASKS.get("text").validation_set(settings, loaded)

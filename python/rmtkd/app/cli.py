@@ -41,7 +41,7 @@ from rmtkd.distributed import Workers
 from rmtkd.checkpoint import CHECKPOINT
 from rmtkd.adapters.loading import LoadedModel
 from rmtkd.deploy import ExportedModel, export_onnx, is_export_folder
-from rmtkd.deploy.compare import best_deployments
+from rmtkd.deploy.compare import best_deployments, run_models
 from rmtkd.deploy.onnx_export import MIN_OPSET
 from rmtkd.deploy.runtime import require
 from rmtkd.loop import LoopConfig, compress
@@ -142,9 +142,8 @@ def compress_command(args: argparse.Namespace, workers: Workers) -> int:
                                     **paired_latency({"original": prepared.task.model, "compressed": compressed},
                                                      lambda m: adapter.forward(m, prepared.latency_batch))}
             if args.deploy:
-                teacher = out / "teacher" if (out / "teacher").is_dir() else Path(args.model)
                 report["deployment"] = {"batch": 1, "seq_len": report["latency_ms"]["seq_len"], **best_deployments(
-                    {"teacher": teacher, "compressed": out / "model"}, out / "onnx", prepared.latency_batch)}
+                    run_models(out), out / "onnx", prepared.latency_batch)}
             title = (f"RMT-KD: {args.arch if args.task == 'images' else model_slug(args.model)} on "
                      f"{prepared.data_name}")
             write_report(report, out, title)

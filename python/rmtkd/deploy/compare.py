@@ -7,6 +7,7 @@ group is repeated: each figure is the median of the rounds' medians with their m
 """
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +22,18 @@ from rmtkd.metrics import paired_times
 
 Run = Callable[[dict], torch.Tensor]
 VARIANTS = ("torch fp32", "torch int8", "ORT fp32", "ORT int8")
+
+
+def run_models(run: Path) -> dict[str, Path]:
+    """The teacher and compressed model folders of an ``rmtkd compress`` run: RUN/teacher (or, for a teacher
+    used as trained elsewhere, run.json's --model) and RUN/model."""
+    teacher = run / "teacher"
+    if not teacher.is_dir():
+        try:
+            teacher = Path(json.loads((run / "run.json").read_text())["model"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"run: {run} has no teacher/ and its run.json names no --model ({error})") from None
+    return {"teacher": teacher, "compressed": run / "model"}
 
 
 def deployment_runners(folders: dict[str, Path], export_root: Path) -> tuple[dict[str, Run], dict[str, LoadedModel]]:
