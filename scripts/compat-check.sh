@@ -3,7 +3,7 @@
 # there is one; python3 otherwise), torch 2.11.0 and its Triton 3.6 (what the lent H100/H200 machines run), and
 # in a fresh copy of this tree (no .venv, nothing
 # installed, the way such a machine runs it):
-#   1. the device protocol's dry run: scripts/gpu-check.sh --smoke --budget 120 on that environment's python
+#   1. the device protocol's dry run: scripts/gpu-check.sh --smoke --budget 300 on that environment's python
 #      (its build step compiles the C++ extension in place against torch 2.11);
 #   2. the Triton-interpreter kernel tests, the static sm_80/sm_90 checks and `rmtkd doctor --device cpu`.
 # The environment is kept in .venv-torch2.11 and reused while its versions are right. Where pip cannot install
@@ -49,9 +49,9 @@ cd "$COPY"
 export PYTHONPATH="$COPY:$COPY/python"
 export RMTKD_CACHE_DIR="$COPY/.cache"
 
-echo "== 1. scripts/gpu-check.sh --smoke --budget 120 (fresh copy, torch $TORCH)"
+echo "== 1. scripts/gpu-check.sh --smoke --budget 300 (fresh copy, torch $TORCH)"
 status=0
-PYTHON="$PY" bash scripts/gpu-check.sh --smoke --budget 120 --out "$COPY/gpu-check" > "$COPY/gpu-check.log" 2>&1 \
+PYTHON="$PY" bash scripts/gpu-check.sh --smoke --budget 300 --out "$COPY/gpu-check" > "$COPY/gpu-check.log" 2>&1 \
   || status=$?
 cat "$COPY/gpu-check/summary.md"
 "$PY" - "$COPY/gpu-check/summary.json" "$status" <<'EOF'

@@ -3,7 +3,7 @@
 #
 #   bash scripts/gpu-check.sh --budget 540 --out DIR     # one 10-minute call on a GPU machine
 #   bash scripts/gpu-check.sh                            # budget 3600 s; results in benchmarks/results/<gpu>/gpu-check/
-#   bash scripts/gpu-check.sh --smoke [--budget 120]     # the same steps in their CPU / quick form (what CI runs)
+#   bash scripts/gpu-check.sh --smoke [--budget 300]     # the same steps in their CPU / quick form (what CI runs)
 #
 # Steps, in the order of what a first GPU run most needs: environment; the native build (in place, MAX_JOBS
 # parallel jobs); `rmtkd doctor` (every backend verified against the float64 oracle and timed: this alone proves

@@ -101,8 +101,10 @@ def test_torch_int8_quantizes_both_factors_of_every_projected_layer(compressed):
     assert float((got - reference).abs().max()) <= 0.1 * (1 + float(reference.abs().max()))
 
 
-def test_bad_input_gets_one_clear_error(tmp_path, compressed):
-    _, _, folder = compressed
+def test_bad_input_gets_one_clear_error(tmp_path):
+    example = ADAPTER_EXAMPLES["rmtkd-small-resnet"](tmp_path)
+    folder = save_compressed(*compress_every_site(example), tmp_path / "model",
+                             example.adapter.architecture(example.model), write_assets=example.adapter.save_assets)
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "rmtkd.json").write_text("{not json")
     with pytest.raises(ValueError, match="rmtkd.json is not readable JSON"):
