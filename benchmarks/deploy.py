@@ -27,8 +27,10 @@ from common import machine_info, markdown_table, write_results  # noqa: E402
 
 from rmtkd.app.tasks import TASKS, Settings  # noqa: E402
 from rmtkd.deploy.compare import Run, deployment_runners, fastest, paired_rounds, run_models  # noqa: E402
+from rmtkd.intervals import METHOD, metric_interval, paired_change  # noqa: E402
 from rmtkd.metrics import count_parameters  # noqa: E402
 
+BASELINE = "teacher torch fp32"  # what every speed-up and accuracy change is measured against
 GOALS = {"best_vs_teacher_best": 2.0, "best_vs_teacher_fp32": 5.0, "max_accuracy_drop_points": 1.0}
 
 
@@ -45,37 +47,56 @@ def text_batch(adapter: Any, texts: list[str], batch_size: int, seq_len: int) ->
                                   return_tensors="pt"))
 
 
-def accuracies(runs: dict[str, Run], adapter: Any, batches: list[dict]) -> dict[str, float]:
-    return {name: adapter.metric.value(*adapter.evaluation_sums_of(run, batches)) for name, run in runs.items()}
+def accuracies(runs: dict[str, Run], adapter: Any, batches: list[dict]) -> dict[str, dict[str, Any]]:
+    """Each variant's accuracy on ``batches`` with its 95% interval, and its change from the teacher's float32
+    eager on the same examples with the paired interval."""
+    items = {name: adapter.evaluation_items_of(run, batches) for name, run in runs.items()}
+    baseline = items[BASELINE]
+    return {name: {"interval": metric_interval(adapter.metric, measured).to_dict(),
+                   "change": paired_change(adapter.metric, baseline, measured).to_dict()}
+            for name, measured in items.items()}
 
 
-def goal_checks(rows: list[dict[str, Any]], accuracy: dict[str, float], seq_len: int) -> dict[str, Any]:
+def goal_checks(rows: list[dict[str, Any]], accuracy: dict[str, dict[str, Any]], seq_len: int) -> dict[str, Any]:
     at = {r["variant"]: r for r in rows if r["batch"] == 1 and r["seq_len"] == seq_len}
     if not at:
         return {}
     teacher_best, compressed_best = at[fastest(at, "teacher")], at[fastest(at, "compressed")]
-    drop = 100 * (accuracy["teacher torch fp32"] - accuracy[compressed_best["variant"]])
+    change = accuracy[compressed_best["variant"]]["change"]
+    drop = -100 * change["value"]
     ratio = teacher_best["ms"] / compressed_best["ms"]
     return {
         "shape": f"batch 1, {seq_len} tokens", "teacher_best": teacher_best["variant"],
         "compressed_best": compressed_best["variant"],
         "best_vs_teacher_best": ratio, "best_vs_teacher_fp32": compressed_best["speedup"],
         "accuracy_drop_points": drop,
+        "accuracy_drop_interval_points": [-100 * change["high"], -100 * change["low"]],
         "met": {"best_vs_teacher_best": ratio >= GOALS["best_vs_teacher_best"],
                 "best_vs_teacher_fp32": compressed_best["speedup"] >= GOALS["best_vs_teacher_fp32"],
                 "accuracy": drop <= GOALS["max_accuracy_drop_points"]},
     }
 
 
-def markdown(rows: list[dict[str, Any]], accuracy: dict[str, float], goals: dict[str, Any], info: dict) -> str:
+def accuracy_text(accuracy: dict[str, Any]) -> str:
+    """"86.24 (84.72–87.73), −0.40 (−1.10 to +0.30)": the accuracy and its change from the baseline, with their
+    95% intervals, in points."""
+    interval, change = accuracy["interval"], accuracy["change"]
+    return (f"{100 * interval['value']:.2f} ({100 * interval['low']:.2f}–{100 * interval['high']:.2f}), "
+            f"{100 * change['value']:+.2f} ({100 * change['low']:+.2f} to {100 * change['high']:+.2f})")
+
+
+def markdown(rows: list[dict[str, Any]], accuracy: dict[str, dict[str, Any]], goals: dict[str, Any],
+             info: dict) -> str:
     table = markdown_table([{**r, "ms": f"{r['ms']:.2f} ({r['ms_min']:.2f}–{r['ms_max']:.2f})",
                              "speed-up": f"{r['speedup']:.2f}× ({r['speedup_min']:.2f}–{r['speedup_max']:.2f})",
-                             "validation accuracy": f"{100 * accuracy[r['variant']]:.2f}"} for r in rows],
-                           ["variant", "batch", "seq_len", "ms", "speed-up", "validation accuracy"])
+                             "validation accuracy, change": accuracy_text(accuracy[r["variant"]])} for r in rows],
+                           ["variant", "batch", "seq_len", "ms", "speed-up", "validation accuracy, change"])
     lines = [f"# Deployment: {info['run']}", "",
              f"{info['cpu']}, {info['threads']} threads, torch {info['torch']}, onnxruntime {info['onnxruntime']}; "
              f"{info['rounds']} paired rounds, median (min–max); speed-up over the teacher's PyTorch float32; "
-             f"accuracy on the run's validation slice ({info['validation_examples']:,} examples). Parameters: "
+             f"accuracy on the run's validation slice ({info['validation_examples']:,} examples) with its 95% "
+             f"interval, and its change from the teacher's float32 with the paired 95% interval ({METHOD}). "
+             f"Parameters: "
              f"teacher {info['parameters']['teacher']:,}, compressed {info['parameters']['compressed']:,}.", "",
              table, ""]
     if goals:
@@ -84,7 +105,9 @@ def markdown(rows: list[dict[str, Any]], accuracy: dict[str, float], goals: dict
                   f"{GOALS['best_vs_teacher_best']}×, {'met' if goals['met']['best_vs_teacher_best'] else 'NOT met'}),"
                   f" {goals['best_vs_teacher_fp32']:.2f}× its float32 eager (goal ≥ {GOALS['best_vs_teacher_fp32']}×, "
                   f"{'met' if goals['met']['best_vs_teacher_fp32'] else 'NOT met'}), "
-                  f"{goals['accuracy_drop_points']:.2f} points below the teacher on validation (goal ≤ "
+                  f"{goals['accuracy_drop_points']:.2f} points below the teacher on validation (95% paired interval "
+                  f"{goals['accuracy_drop_interval_points'][0]:.2f} to {goals['accuracy_drop_interval_points'][1]:.2f}; "
+                  f"goal ≤ "
                   f"{GOALS['max_accuracy_drop_points']}, {'met' if goals['met']['accuracy'] else 'NOT met'})."]
     return "\n".join(lines) + "\n"
 

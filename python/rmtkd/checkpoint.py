@@ -21,8 +21,9 @@ from rmtkd.surgery import Rewrite, apply_structure
 from rmtkd.task import Task
 
 CHECKPOINT = "checkpoint"
-RUN_FORMAT = 1  # version of the loop state a checkpoint holds; a run resumes only a checkpoint of its format
-STATE_KEYS = {"format", "fingerprint", "next_step", "rewrites", "steps", "original", "world_size"}
+RUN_FORMAT = 2  # version of the loop state a checkpoint holds; a run resumes only a checkpoint of its format
+STATE_KEYS = {"format", "fingerprint", "next_step", "rewrites", "steps", "original", "original_items",
+              "world_size"}
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -30,10 +31,12 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def new_state(fingerprint: str, world_size: int, original: dict[str, Any]) -> dict[str, Any]:
-    """The loop state of a run that has taken no step yet."""
+def new_state(fingerprint: str, world_size: int, original: dict[str, Any],
+              original_items: dict[str, Any]) -> dict[str, Any]:
+    """The loop state of a run that has taken no step yet. ``original_items``: the original model's metric per
+    example (evaluation data and validation slice), which the paired intervals of the changes compare against."""
     return {"format": RUN_FORMAT, "fingerprint": fingerprint, "next_step": 0, "rewrites": [], "steps": [],
-            "world_size": world_size, "original": original}
+            "world_size": world_size, "original": original, "original_items": original_items}
 
 
 def save_model(path: Path, model: nn.Module, task: Task, state: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -22,10 +22,12 @@ import torch
 from torch import nn
 
 from rmtkd import checkpoint
+from rmtkd.adapters.metric import MetricItems
 from rmtkd.atomic import write_text_atomically
 from rmtkd.calibration import SelectionConfig, SiteSelection, calibrate_and_select
 from rmtkd.distill import DistillConfig, NonFiniteLoss, distill
 from rmtkd.distributed import Workers
+from rmtkd.intervals import metric_interval, paired_change
 from rmtkd.metrics import count_parameters
 from rmtkd.planning import one_rewrite_per_module, plan_model_ranks, saves_parameters
 from rmtkd.records import Action, Outcome, StepRecord, described, site_decision
@@ -163,12 +165,11 @@ def _start(run: _Run, groups: list[list[Site]]) -> tuple[nn.Module, dict[str, An
         return resumed
     task, workers, metric = run.task, run.workers, run.metric
     model = copy.deepcopy(task.model)
-    original = {"parameters": count_parameters(model), metric: task.evaluate(model, workers),
-                "flops": task.flops(model)}
-    if run.config.decides:
-        original[f"validation_{metric}"] = task.validate(model, workers)
+    measured, items = _measurements(run, model)
+    original = {"parameters": count_parameters(model), **measured, "flops": task.flops(model)}
     state = checkpoint.new_state(run.config.fingerprint(), workers.world_size,
-                                 workers.broadcast(original))  # rank 0's FLOPs (its first batch)
+                                 workers.broadcast(original),  # rank 0's FLOPs (its first batch)
+                                 {where: measured.to_dict() for where, measured in items.items()})
     run.say(f"original: {original['parameters']:,} parameters, {metric} {state['original'][metric]:.4f}")
     if run.config.ranks == "budget":
         plan = state["rank_plan"] = plan_model_ranks(
@@ -259,16 +260,20 @@ def _choose_rewrites(run: _Run, model: nn.Module, group: list[Site], state: dict
 
 def _worse_than_budget(run: _Run, model: nn.Module, state: dict[str, Any], record: StepRecord) -> str:
     """Why the step breaks the metric budget on the validation slice ("" when it does not, or there is none):
-    the evaluation data is only reported, never decided on."""
+    the evaluation data is only reported, never decided on. The record gets the change against the original on
+    the slice with its paired interval, so a reader sees the decision's margin."""
     if run.config.max_metric_drop is None:
         return ""
     metric = run.task.adapter.metric
-    validation = record.measured[f"validation_{metric.name}_after"] = run.task.validate(model, run.workers)
-    worse = metric.worsening(state["original"][f"validation_{metric.name}"], validation)
+    after = run.task.measure(model, run.workers, run.task.validation_batches)
+    change = paired_change(metric, MetricItems.from_dict(state["original_items"]["validation"]), after)
+    record.measured[f"validation_{metric.name}_after"] = metric.value(*after.sums())
+    record.measured[f"validation_{metric.name}_change"] = change.to_dict()
+    worse = metric.worsening(0.0, change.value)
     if worse <= run.config.max_metric_drop:
         return ""
-    return (f"validation {metric.name} worse by {worse:.4f} than the original's, beyond the budget "
-            f"{run.config.max_metric_drop:.4f}")
+    return (f"validation {metric.name} worse by {worse:.4f} than the original's (95% paired interval of the change "
+            f"[{change.low:.4f}, {change.high:.4f}]), beyond the budget {run.config.max_metric_drop:.4f}")
 
 
 def _recover(run: _Run, model: nn.Module, state: dict[str, Any], steps_done: int) -> nn.Module:
@@ -296,17 +301,33 @@ def _recover(run: _Run, model: nn.Module, state: dict[str, Any], steps_done: int
     return model
 
 
+def _measurements(run: _Run, model: nn.Module) -> tuple[dict[str, Any], dict[str, MetricItems]]:
+    """The metric on the evaluation data (and on the validation slice, where the run decides on it), each with
+    its 95% interval; and the per-example measurements, which paired changes are computed from."""
+    task, metric = run.task, run.task.adapter.metric
+    items = {"evaluation": task.measure(model, run.workers)}
+    if run.config.decides:
+        items["validation"] = task.measure(model, run.workers, task.validation_batches)
+    values: dict[str, Any] = {}
+    for where, measured in items.items():
+        key = metric.name if where == "evaluation" else f"validation_{metric.name}"
+        interval = metric_interval(metric, measured)
+        values[key], values[f"{key}_interval"] = interval.value, [interval.low, interval.high]
+    return values, items
+
+
 def _final_report(run: _Run, model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
     params = count_parameters(model)
     task, original, metric = run.task, state["original"], run.task.adapter.metric
-    final = {"parameters": params, metric.name: task.evaluate(model, run.workers), "flops": task.flops(model)}
-    if f"validation_{metric.name}" in original:
-        final[f"validation_{metric.name}"] = task.validate(model, run.workers)
+    measured, items = _measurements(run, model)
+    final = {"parameters": params, **measured, "flops": task.flops(model)}
+    changes = {where: paired_change(metric, MetricItems.from_dict(state["original_items"][where]), after).to_dict()
+               for where, after in items.items()}
     return {
         "format": checkpoint.RUN_FORMAT, "metric": asdict(metric),
         "original": original, "final": final,
         "parameter_reduction": 1 - params / original["parameters"],
-        f"{metric.name}_change": final[metric.name] - original[metric.name],
+        f"{metric.name}_change": final[metric.name] - original[metric.name], "changes": changes,
         "stopped": state.get("stopped"), "steps": state["steps"], "rewrites": state["rewrites"],
         "recovery": state.get("recovery"), "rank_plan": state.get("rank_plan"),
     }

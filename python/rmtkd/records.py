@@ -51,7 +51,8 @@ class StepRecord:
     why: str = ""  # the reason of a rollback
     parameters_after: Optional[int] = None
     seconds: float = 0.0
-    measured: dict[str, float] = field(default_factory=dict)  # "<metric>_projected", "<metric>_after", ...
+    # "<metric>_projected", "<metric>_after", ...; "validation_<metric>_change": the change with its interval
+    measured: dict[str, Any] = field(default_factory=dict)
     flops_after: Optional[int] = None
     distillation: Optional[dict[str, Any]] = None
 

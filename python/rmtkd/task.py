@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Optional
 
 from torch import nn
 
-from rmtkd.adapters.base import ModelAdapter
+from rmtkd.adapters.base import MetricItems, ModelAdapter
 from rmtkd.calibration import discover_sites
 from rmtkd.distributed import SINGLE, Workers
 from rmtkd.metrics import forward_flops
@@ -43,11 +43,16 @@ class Task:
             groups.setdefault(self.adapter.block_of(site), []).append(site)
         return list(groups.values())
 
+    def measure(self, model: nn.Module, workers: Workers = SINGLE,
+                batches: Optional[list[dict]] = None) -> MetricItems:
+        """The metric per example over every rank's shard of ``batches`` (default: the evaluation data), in rank
+        order: the same examples in the same order for every model, so two measurements pair up."""
+        items = self.adapter.evaluation_items(model, self.eval_batches if batches is None else batches)
+        return MetricItems.joined(workers.gather(items))
+
     def evaluate(self, model: nn.Module, workers: Workers = SINGLE, batches: Optional[list[dict]] = None) -> float:
         """The metric over every rank's shard of ``batches`` (default: the evaluation data)."""
-        total, count = workers.sum(self.adapter.evaluation_sums(
-            model, self.eval_batches if batches is None else batches))
-        return self.adapter.metric.value(total, count)
+        return self.adapter.metric.value(*self.measure(model, workers, batches).sums())
 
     def validate(self, model: nn.Module, workers: Workers = SINGLE) -> float:
         """The metric on the validation slice (what decisions are made on)."""

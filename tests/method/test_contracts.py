@@ -136,8 +136,12 @@ def test_losses_and_metric(example):
     assert float(same) == pytest.approx(0.0, abs=1e-5)  # KL(p ‖ p) = 0
     assert float(other) > 1e-4
     assert float(mixed) == pytest.approx(0.3 * float(loss.detach()), rel=1e-4)
-    total, count = adapter.evaluation_sums(example.model, example.batches)
-    assert count > 0 and adapter.evaluate(example.model, example.batches) == adapter.metric.value(total, count)
+    items = adapter.evaluation_items(example.model, example.batches)
+    examples = sum(len(next(iter(b.values()))) for b in example.batches)
+    assert len(items) == examples and (items.counts >= 0).all() and items.counts.sum() > 0  # one entry per example
+    per_batch = [adapter.metric_items(adapter.forward(example.model, b), b).sums() for b in example.batches]
+    assert items.sums() == pytest.approx(tuple(map(sum, zip(*per_batch))))
+    assert adapter.evaluate(example.model, example.batches) == adapter.metric.value(*items.sums())
     loss_total, loss_count = adapter.loss_sums(example.model, example.batches[:1])
     assert loss_total / loss_count == pytest.approx(float(loss.detach()), rel=1e-4)
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from rmtkd.adapters import ClassifierAdapter
+from rmtkd.adapters import ClassifierAdapter, MetricItems
 from rmtkd.calibration import SelectionConfig
 from rmtkd.distill import DistillConfig
 from rmtkd.distributed import SINGLE
@@ -99,6 +100,12 @@ def test_loop_compresses_reports_and_saves(tmp_path):
         assert step["distillation"]["steps"] == 5 and step["flops_after"] > 0
         assert all({"k", "d", "sigma2", "edge", "action"} <= set(site) for site in step["sites"])
     assert json.loads((tmp_path / "report.json").read_text())["final"] == report["final"]
+    for row in (report["original"], report["final"]):  # every reported accuracy with its 95% interval
+        low, high = row["accuracy_interval"]
+        assert 0 <= low <= row["accuracy"] <= high <= 1 and high > low
+    change = report["changes"]["evaluation"]
+    assert change["value"] == pytest.approx(report["accuracy_change"]) and change["level"] == 0.95
+    assert change["low"] <= change["value"] <= change["high"]
     loaded, meta = load_compressed(tmp_path / "model", task.adapter.build)
     assert meta["rewrites"] == report["rewrites"] and count_parameters(loaded) == report["final"]["parameters"]
     batch = task.eval_batches[0]
@@ -136,8 +143,14 @@ def test_accuracy_budget_rolls_back_every_step(tmp_path):
     strict = LoopConfig(selection=CONFIG.selection, distill=CONFIG.distill, max_metric_drop=-1.0)
     _, report = compress(task, strict, tmp_path, log=lambda message: None)
     assert report["final"]["parameters"] == before and report["rewrites"] == []
-    assert all(s["outcome"] == "rolled back" and s["why"].startswith("validation accuracy worse by")
-               for s in report["steps"] if s["outcome"] != "nothing to compress")
+    tried = [s for s in report["steps"] if s["outcome"] != "nothing to compress"]
+    assert tried and all(s["outcome"] == "rolled back" and s["why"].startswith("validation accuracy worse by")
+                         for s in tried)
+    for step in tried:  # each decision says its margin: the change on the slice with its paired interval
+        change = step["validation_accuracy_change"]
+        assert change["low"] <= change["value"] <= change["high"] and "95% paired interval" in step["why"]
+        assert change["value"] == pytest.approx(step["validation_accuracy_after"] -
+                                                report["original"]["validation_accuracy"])
     assert "validation_accuracy" in report["original"] and "validation_accuracy" in report["final"]
 
 
@@ -147,16 +160,17 @@ def test_decisions_are_made_on_the_validation_slice_never_on_the_evaluation_data
     task = trained_task()
     task.validation_batches = make_batches(2, seed=99)
     seen = []
-    real = Task.evaluate
+    real = Task.measure
 
-    def evaluate(task_, model, workers=SINGLE, batches=None):
+    def measure(task_, model, workers=SINGLE, batches=None):
         if batches is task_.validation_batches:
             seen.append("validation")
-            return 0.9  # the validation data sees no change at all
+            return MetricItems(np.array([1.0] * 9 + [0.0]), np.ones(10))  # the validation data sees no change
         seen.append("eval")
-        value = real(task_, model, workers, batches)
-        return value if seen.count("eval") == 1 else value - 0.5  # after the original, eval looks far worse
-    monkeypatch.setattr(Task, "evaluate", evaluate)
+        items = real(task_, model, workers, batches)
+        # after the original, every evaluation example looks wrong
+        return items if seen.count("eval") == 1 else MetricItems(np.zeros_like(items.totals), items.counts)
+    monkeypatch.setattr(Task, "measure", measure)
     budget = LoopConfig(selection=CONFIG.selection, distill=CONFIG.distill, max_metric_drop=0.01)
     _, report = compress(task, budget, tmp_path / "a", log=lambda message: None)
     assert report["rewrites"] and not any(s["outcome"] == "rolled back" for s in report["steps"])
@@ -263,16 +277,16 @@ def test_early_stopping_checks_the_validation_slice_never_the_evaluation_data(tm
     task = trained_task()
     task.validation_batches = make_batches(2, seed=99)
     seen = []
-    real_evaluate, real_loss_sums = Task.evaluate, task.adapter.loss_sums
+    real_measure, real_loss_sums = Task.measure, task.adapter.loss_sums
 
-    def evaluate(task_, model, workers=SINGLE, batches=None):
+    def measure(task_, model, workers=SINGLE, batches=None):
         seen.append(("metric", "validation" if batches is task_.validation_batches else "eval"))
-        return real_evaluate(task_, model, workers, batches)
+        return real_measure(task_, model, workers, batches)
 
     def loss_sums(model, batches):
         seen.append(("loss", "validation" if batches is task.validation_batches else "eval"))
         return real_loss_sums(model, batches)
-    monkeypatch.setattr(Task, "evaluate", evaluate)
+    monkeypatch.setattr(Task, "measure", measure)
     monkeypatch.setattr(task.adapter, "loss_sums", loss_sums)
     stopping = LoopConfig(selection=CONFIG.selection,
                           distill=DistillConfig(steps=4, lr=1e-3, check_every=2, score=score),

@@ -7,8 +7,8 @@ and the built-in adapters.
 A new adapter is one module defining a ModelAdapter subclass, decorated with :func:`register_adapter`.
 """
 from rmtkd.adapters.base import (
-    ACCURACY, PERPLEXITY, ClassifierAdapter, Metric, ModelAdapter, ModelBehaviour, ModelFormat, get_adapter,
-    register_adapter, registered_adapters,
+    ACCURACY, PERPLEXITY, ClassifierAdapter, Metric, MetricItems, ModelAdapter, ModelBehaviour, ModelFormat,
+    get_adapter, register_adapter, registered_adapters,
 )
 from rmtkd.adapters.hf_text import HFSequenceClassifier
 from rmtkd.adapters.hf_causal_lm import HFCausalLM  # noqa: I001  (registration order: the order folders are tried)
@@ -16,5 +16,5 @@ from rmtkd.adapters.vision import MobileNetV2Adapter, SmallResNetAdapter
 from rmtkd.adapters.loading import LoadedModel, load_model
 
 __all__ = ["ACCURACY", "PERPLEXITY", "ClassifierAdapter", "HFCausalLM", "HFSequenceClassifier", "LoadedModel",
-           "Metric", "MobileNetV2Adapter", "ModelAdapter", "ModelBehaviour", "ModelFormat", "SmallResNetAdapter", "get_adapter", "load_model",
+           "Metric", "MetricItems", "MobileNetV2Adapter", "ModelAdapter", "ModelBehaviour", "ModelFormat", "SmallResNetAdapter", "get_adapter", "load_model",
            "register_adapter", "registered_adapters"]

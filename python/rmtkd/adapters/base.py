@@ -13,7 +13,7 @@ from abc import ABC
 
 from rmtkd.adapters.behaviour import ClassifierBehaviour, ModelBehaviour, soft_target_loss
 from rmtkd.adapters.format import ModelFormat, model_type
-from rmtkd.adapters.metric import ACCURACY, PERPLEXITY, Metric
+from rmtkd.adapters.metric import ACCURACY, PERPLEXITY, Metric, MetricItems
 from rmtkd_kernels.registries import Registry
 
 
@@ -44,5 +44,5 @@ def get_adapter(name: str) -> type[ModelAdapter]:
     return ADAPTERS.get(name)
 
 
-__all__ = ["ACCURACY", "PERPLEXITY", "ADAPTERS", "ClassifierAdapter", "Metric", "ModelAdapter", "ModelBehaviour",
+__all__ = ["ACCURACY", "PERPLEXITY", "ADAPTERS", "ClassifierAdapter", "Metric", "MetricItems", "ModelAdapter", "ModelBehaviour",
            "ModelFormat", "get_adapter", "model_type", "register_adapter", "registered_adapters", "soft_target_loss"]

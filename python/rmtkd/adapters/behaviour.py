@@ -10,11 +10,12 @@ import re
 from abc import ABC, abstractmethod
 from typing import Callable, ClassVar, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmtkd.adapters.metric import ACCURACY, Metric
+from rmtkd.adapters.metric import ACCURACY, Metric, MetricItems
 from rmtkd.sites import Site
 
 
@@ -66,26 +67,24 @@ class ModelBehaviour(ABC):
                          "export traces the model with (ModelBehaviour.example_batch)")
 
     @abstractmethod
-    def metric_sums(self, output: Tensor, batch: dict) -> tuple[float, float]:
-        """(total, count) of the metric of one batch's ``output`` (from :meth:`forward`; see Metric.value)."""
+    def metric_items(self, output: Tensor, batch: dict) -> MetricItems:
+        """The metric of one batch's ``output`` (from :meth:`forward`) per example: each example's total and count
+        (see Metric.value), so sums over batches, processes and runtimes add up and intervals can resample
+        examples."""
 
     @torch.no_grad()
-    def evaluation_sums_of(self, run: Callable[[dict], Tensor], batches: Sequence[dict]) -> tuple[float, float]:
-        """(total, count) of the metric over ``batches`` of any runner of the model (PyTorch, ONNX Runtime)."""
-        total = count = 0.0
-        for batch in batches:
-            batch_total, batch_count = self.metric_sums(run(batch), batch)
-            total, count = total + batch_total, count + batch_count
-        return total, count
+    def evaluation_items_of(self, run: Callable[[dict], Tensor], batches: Sequence[dict]) -> MetricItems:
+        """The metric per example over ``batches`` of any runner of the model (PyTorch, ONNX Runtime)."""
+        return MetricItems.joined([self.metric_items(run(batch), batch) for batch in batches])
 
-    def evaluation_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
-        """(total, count) of the metric of ``model`` (in eval mode) over ``batches``."""
+    def evaluation_items(self, model: nn.Module, batches: Sequence[dict]) -> MetricItems:
+        """The metric per example of ``model`` (in eval mode) over ``batches``."""
         model.eval()
-        return self.evaluation_sums_of(lambda batch: self.forward(model, batch), batches)
+        return self.evaluation_items_of(lambda batch: self.forward(model, batch), batches)
 
     def evaluate(self, model: nn.Module, batches: Sequence[dict]) -> float:
         """The metric of ``model`` on ``batches``."""
-        return self.metric.value(*self.evaluation_sums(model, batches))
+        return self.metric.value(*self.evaluation_items(model, batches).sums())
 
     def loss_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
         """(the task loss summed over the items of ``batches``, those items): what early stopping watches by
@@ -121,10 +120,10 @@ class ClassifierBehaviour(ModelBehaviour):
                           temperature: float) -> Tensor:
         return alpha * self.task_loss(student, batch) + (1 - alpha) * soft_target_loss(student, teacher, temperature)
 
-    def metric_sums(self, output: Tensor, batch: dict) -> tuple[float, float]:
-        """(examples whose arg-max logit is their label, examples)."""
-        labels = batch[self.label_key].cpu()
-        return int((output.argmax(-1).cpu() == labels).sum()), labels.numel()
+    def metric_items(self, output: Tensor, batch: dict) -> MetricItems:
+        """Per example: 1 where its arg-max logit is its label, else 0; each counts once."""
+        correct = (output.detach().argmax(-1).cpu() == batch[self.label_key].cpu()).double().numpy()
+        return MetricItems(correct, np.ones_like(correct))
 
     @torch.no_grad()
     def loss_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:

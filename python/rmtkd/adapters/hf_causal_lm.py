@@ -18,7 +18,7 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmtkd.adapters.base import PERPLEXITY, register_adapter, soft_target_loss
+from rmtkd.adapters.base import PERPLEXITY, MetricItems, register_adapter, soft_target_loss
 from rmtkd.adapters.hf_common import HFModelAdapter
 from rmtkd.sites import Site
 
@@ -67,12 +67,13 @@ class HFCausalLM(HFModelAdapter):
         soft = soft_target_loss(student[:, :-1][mask], teacher[:, :-1][mask], temperature)
         return alpha * self.task_loss(student, batch) + (1 - alpha) * soft
 
-    def metric_sums(self, output: Tensor, batch: dict) -> tuple[float, float]:
-        """(next-token negative log-likelihood summed over every predicted real token, those tokens); the
-        perplexity is exp of their ratio."""
+    def metric_items(self, output: Tensor, batch: dict) -> MetricItems:
+        """Per sequence: the next-token negative log-likelihood summed over its predicted real tokens, and those
+        tokens; the perplexity is exp of the ratio of their sums."""
         targets, mask = self._targets(output, batch)
-        return float(F.cross_entropy(output[:, :-1][mask].float(), targets[mask], reduction="sum")), int(mask.sum())
+        nll = F.cross_entropy(output.detach()[:, :-1].float().transpose(1, 2), targets, reduction="none") * mask
+        return MetricItems(nll.sum(1).double().cpu().numpy(), mask.sum(1).double().cpu().numpy())
 
     def loss_sums(self, model: nn.Module, batches: Sequence[dict]) -> tuple[float, float]:
         """The task loss is the next-token negative log-likelihood: the sums the perplexity is made of."""
-        return self.evaluation_sums(model, batches)
+        return self.evaluation_items(model, batches).sums()

@@ -44,6 +44,7 @@ from rmtkd.deploy import ExportedModel, export_onnx, is_export_folder
 from rmtkd.deploy.compare import best_deployments, run_models
 from rmtkd.deploy.onnx_export import MIN_OPSET
 from rmtkd.deploy.runtime import require
+from rmtkd.intervals import metric_interval
 from rmtkd.loop import LoopConfig, compress
 from rmtkd.metrics import count_parameters, forward_flops, paired_call_latency, paired_latency
 from rmtkd.atomic import write_text_atomically
@@ -213,7 +214,9 @@ def evaluate_command(args: argparse.Namespace, workers: Workers) -> int:
         model = loaded.model.to(args.device).eval()
         run, parameters = (lambda batch: adapter.forward(model, batch)), count_parameters(model)
         flops = forward_flops(model, adapter.forward, evaluation.batches[0])
-    metric, value = adapter.metric, adapter.metric.value(*adapter.evaluation_sums_of(run, evaluation.batches))
+    metric = adapter.metric
+    interval = metric_interval(metric, adapter.evaluation_items_of(run, evaluation.batches))
+    value = interval.value
     seq_len = args.latency_seq_len if args.task != "images" else None
     device = "cpu (ONNX Runtime)" if exported else str(args.device)
     result: dict[str, Any] = {
@@ -222,6 +225,7 @@ def evaluate_command(args: argparse.Namespace, workers: Workers) -> int:
         "compressed_by_rmtkd": bool(loaded.meta and (loaded.meta.get("rewrites")
                                                       or loaded.meta.get("compressed_by_rmtkd"))),
         "parameters": parameters, "flops_first_batch": flops, "metric": metric.name, metric.name: value,
+        f"{metric.name}_interval": interval.to_dict(),
         "latency_ms": {"batch": 1, "device": device, "seq_len": seq_len,
                        **paired_call_latency({"median": lambda: run(evaluation.latency_batch)},
                                              torch.device("cpu" if exported else args.device))},
@@ -229,7 +233,9 @@ def evaluate_command(args: argparse.Namespace, workers: Workers) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    shown = f"{100 * value:.2f}%" if metric.percent else f"{value:.2f}"
+    scale, unit = (100, "%") if metric.percent else (1, "")
+    shown = (f"{scale * value:.2f}{unit} (95% interval {scale * interval.low:.2f}–{scale * interval.high:.2f}"
+             f"{unit})")
     flops_text = f", {flops:.3g} FLOPs (first batch)" if flops is not None else ""
     print(f"{args.model} on {evaluation.data_name} ({result['examples']:,} examples): {metric.name} {shown}, "
           f"{parameters:,} parameters{flops_text}, latency {result['latency_ms']['median']:.2f} ms (batch 1"

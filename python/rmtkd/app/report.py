@@ -32,6 +32,26 @@ def metric_axis(report: dict[str, Any]) -> tuple[Callable[[float], float], str]:
     return (lambda value: value), metric_name(report)
 
 
+def measured_text(report: dict[str, Any], row: dict[str, Any], key: str) -> str:
+    """A row's metric under ``key`` with its 95% interval where the row has one ("86.24 (84.06–88.42)")."""
+    interval = row.get(f"{key}_interval")
+    shown = metric_text(report, row[key])
+    return shown if interval is None else (f"{shown} ({metric_text(report, interval[0])}–"
+                                           f"{metric_text(report, interval[1])})")
+
+
+def changes_text(report: dict[str, Any]) -> list[str]:
+    """The compressed-vs-original change of the metric on each measured set, with its paired 95% interval."""
+    scale, unit = (100, " points") if report["metric"]["percent"] else (1, "")
+    lines = []
+    for where, change in (report.get("changes") or {}).items():
+        measured_on = "validation slice" if where == "validation" else f"{where} data"
+        noise = "" if change["low"] > 0 or change["high"] < 0 else "; it holds 0: not told apart from noise"
+        lines.append(f"- {metric_name(report)} change on the {measured_on}: {scale * change['value']:+.2f}{unit} "
+                     f"(95% paired interval {scale * change['low']:+.2f} to {scale * change['high']:+.2f}{noise})")
+    return lines
+
+
 def model_table(report: dict[str, Any]) -> str:
     """Markdown rows: original, RMT-KD and (if run) the baselines: parameters, reduction, FLOPs, metric, latency."""
     original, final = report["original"], report["final"]
@@ -47,7 +67,7 @@ def model_table(report: dict[str, Any]) -> str:
     for name, row, ms in rows:
         flops = f"{row['flops']:.3g}" if "flops" in row else "—"
         lines.append(f"| {name} | {row['parameters']:,} | {100 * _reduction(row['parameters'], original):.1f}% | "
-                     f"{flops} | {metric_text(report, row[metric_name(report)])} | "
+                     f"{flops} | {measured_text(report, row, metric_name(report))} | "
                      f"{'—' if ms is None else f'{ms:.2f}'} |")
     recovery = report.get("recovery")
     if recovery:
@@ -55,6 +75,9 @@ def model_table(report: dict[str, Any]) -> str:
         lines.append(f"\nrecovery pass against the original ({recovery['steps']} batches, {described(recovery)}): "
                      f"{name} {metric_text(report, recovery[f'{name}_before'])} → "
                      f"{metric_text(report, recovery[f'{name}_after'])}")
+    changes = changes_text(report)
+    if changes:
+        lines += ["", *changes]
     if latency:
         speedup = latency["original"] / latency["compressed"]
         spread = "".join(f", {name} quartiles {q[0]:.2f}–{q[1]:.2f} ms over {latency[f'{name}_calls']} calls"
