@@ -7,7 +7,10 @@ Two losses, named modes:
   the model's adapter defines it (class logits, or next-token logits at every position);
 - "hidden": that, plus β · the mean over the adapter's blocks of the fraction of the teacher's block-output
   variance the student misses (:mod:`rmtkd.hidden_states`), so the student is pulled back towards the teacher's
-  intermediate representations and not only its outputs (as TinyBERT and MiniLM distil).
+  intermediate representations and not only its outputs (as TinyBERT and MiniLM distil);
+- "relations": "hidden", plus γ · the KL divergence between the teacher's and the student's self-attention
+  relations (query-query, key-key, value-value, as MiniLM-v2 distils: :mod:`rmtkd.attention_relations`), of
+  every attention layer the adapter names.
 
 Optionally a linear learning-rate warm-up, and early stopping: every ``check_every`` steps the student is measured
 on held-out training data (never the evaluation data); after ``patience`` checks without improvement the steps
@@ -28,11 +31,12 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.nn.parallel import DistributedDataParallel
 
 from rmtkd.adapters.behaviour import ModelBehaviour
+from rmtkd.attention_relations import AttentionProjections, relation_loss
 from rmtkd.distributed import SINGLE, Workers
 from rmtkd.hidden_states import captured_outputs, hidden_state_loss
 from rmtkd.training import lr_factor
 
-DISTILL_MODES = ("logits", "hidden")
+DISTILL_MODES = ("logits", "hidden", "relations")
 EARLY_STOPPING_SCORES = ("loss", "metric")
 
 
@@ -49,7 +53,8 @@ class DistillConfig:
     # fit one device).
     sharding: str = "ddp"
     mode: str = "logits"  # one of DISTILL_MODES
-    hidden_weight: float = 1.0  # β of the "hidden" mode
+    hidden_weight: float = 1.0  # β of the "hidden" and "relations" modes
+    relation_weight: float = 1.0  # γ of the "relations" mode
     warmup: float = 0.0  # fraction of the steps over which the learning rate rises linearly from 0
     check_every: int = 0  # early stopping: steps between checks on the validation data (0: no early stopping)
     patience: int = 2  # checks without improvement before stopping
@@ -63,8 +68,9 @@ class DistillConfig:
             raise ValueError(f"sharding: expected 'ddp' or 'fsdp', got {self.sharding!r}")
         if self.mode not in DISTILL_MODES:
             raise ValueError(f"mode: expected one of {DISTILL_MODES}, got {self.mode!r}")
-        if not (math.isfinite(self.hidden_weight) and self.hidden_weight > 0):
-            raise ValueError(f"hidden_weight: expected a positive weight, got {self.hidden_weight!r}")
+        for name in ("hidden_weight", "relation_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name}: expected a positive weight, got {getattr(self, name)!r}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup: expected a fraction of the steps in [0, 1), got {self.warmup!r}")
         if self.check_every < 0:
@@ -108,15 +114,32 @@ def _module_of(trained: nn.Module) -> nn.Module:
     return trained.module if isinstance(trained, DistributedDataParallel) else trained
 
 
-def _hidden_modules(student: nn.Module, adapter: ModelBehaviour, config: DistillConfig) -> list[str]:
-    if config.mode != "hidden":
-        return []
+def _matched(student: nn.Module, adapter: ModelBehaviour,
+             config: DistillConfig) -> tuple[list[str], list[AttentionProjections]]:
+    """What the mode matches besides the outputs: the adapter's hidden-state modules, and its attention layers."""
+    if config.mode == "logits":
+        return [], []
+    who = adapter.name or type(adapter).__name__
     names = adapter.hidden_modules(student)
     if not names:
-        raise ValueError(f"distillation mode 'hidden': the {adapter.name or type(adapter).__name__} adapter names "
-                         "no hidden states to match for this model (ModelBehaviour.hidden_modules is empty); use mode "
-                         "'logits'")
-    return names
+        raise ValueError(f"distillation mode {config.mode!r}: the {who} adapter names no hidden states to match for "
+                         "this model (ModelBehaviour.hidden_modules is empty); use mode 'logits'")
+    layers = adapter.attention_layers(student) if config.mode == "relations" else []
+    if config.mode == "relations" and not layers:
+        raise ValueError(f"distillation mode 'relations': the {who} adapter names no attention layers for this model "
+                         "(ModelBehaviour.attention_layers is empty); use mode 'hidden'")
+    return names, layers
+
+
+def _representation_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], hidden: list[str],
+                         layers: list[AttentionProjections], mask: Optional[Tensor], config: DistillConfig,
+                         workers: Workers) -> Tensor:
+    """β · the hidden-state term (+ γ · the attention-relation term) of one batch's captured outputs."""
+    loss = config.hidden_weight * hidden_state_loss([student[n] for n in hidden], [teacher[n] for n in hidden],
+                                                    mask, workers)
+    if layers:
+        loss = loss + config.relation_weight * relation_loss(student, teacher, layers, mask, workers)
+    return loss
 
 
 class _EarlyStopping:
@@ -199,7 +222,8 @@ def _train(trained: nn.Module, teacher: nn.Module, batches: Iterable[dict], adap
     """The optimizer steps (stopped early when ``stopping`` says so); each step's loss, kept on the device (one
     host sync at the end, not one per step)."""
     device = next(trained.parameters()).device
-    hidden = _hidden_modules(_module_of(trained), adapter, config)
+    hidden, layers = _matched(_module_of(trained), adapter, config)
+    captured = hidden + [name for layer in layers for name in layer.names()]
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = int(config.warmup * config.steps)
@@ -207,8 +231,8 @@ def _train(trained: nn.Module, teacher: nn.Module, batches: Iterable[dict], adap
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     trained.train()
     losses: list[Tensor] = []
-    with captured_outputs(teacher, hidden) as teacher_states, \
-            captured_outputs(_module_of(trained), hidden) as student_states:
+    with captured_outputs(teacher, captured) as teacher_states, \
+            captured_outputs(_module_of(trained), captured) as student_states:
         for step, batch in enumerate(progress(itertools.islice(itertools.cycle(batches), config.steps),
                                               config.steps), 1):
             teacher_states.clear()
@@ -220,8 +244,8 @@ def _train(trained: nn.Module, teacher: nn.Module, batches: Iterable[dict], adap
                                                  config.temperature)
                 if hidden:
                     mask = batch.get(adapter.mask_key) if adapter.mask_key else None
-                    loss = loss + config.hidden_weight * hidden_state_loss(student_states, teacher_states, mask,
-                                                                           workers)
+                    loss = loss + _representation_loss(student_states, teacher_states, hidden, layers, mask,
+                                                       config, workers)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)

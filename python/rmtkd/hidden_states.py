@@ -18,15 +18,18 @@ from rmtkd.distributed import SINGLE, Workers
 
 
 @contextlib.contextmanager
-def captured_outputs(model: nn.Module, names: list[str]) -> Iterator[list[Tensor]]:
-    """While the context is open, every forward pass of ``model`` appends the output of each module in ``names``
-    (its first tensor, for modules that return tuples) to the yielded list, in the order the modules run."""
-    outputs: list[Tensor] = []
+def captured_outputs(model: nn.Module, names: list[str]) -> Iterator[dict[str, Tensor]]:
+    """While the context is open, every forward pass of ``model`` records the output of each module in ``names``
+    (its first tensor, for modules that return tuples) in the yielded dict, by module name, in the order the
+    modules run (clear it between passes)."""
+    outputs: dict[str, Tensor] = {}
 
-    def keep(_module: nn.Module, _inputs: tuple, output: object) -> None:
-        outputs.append(output[0] if isinstance(output, (tuple, list)) else output)
+    def keeper(name: str):
+        def keep(_module: nn.Module, _inputs: tuple, output: object) -> None:
+            outputs[name] = output[0] if isinstance(output, (tuple, list)) else output
+        return keep
 
-    handles = [model.get_submodule(name).register_forward_hook(keep) for name in names]
+    handles = [model.get_submodule(name).register_forward_hook(keeper(name)) for name in dict.fromkeys(names)]
     try:
         yield outputs
     finally:

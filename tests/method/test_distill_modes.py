@@ -36,7 +36,8 @@ def hidden_term(student, teacher, adapter, batch) -> torch.Tensor:
     with captured_outputs(student, names) as s, captured_outputs(teacher, names) as t, torch.no_grad():
         adapter.forward(student, batch)
         adapter.forward(teacher, batch)
-        return hidden_state_loss(s, t, batch.get(adapter.mask_key) if adapter.mask_key else None)
+        return hidden_state_loss(list(s.values()), list(t.values()),
+                                 batch.get(adapter.mask_key) if adapter.mask_key else None)
 
 
 def perturbed(model: torch.nn.Module) -> torch.nn.Module:
@@ -163,5 +164,7 @@ def test_every_distillation_setting_is_part_of_the_run_fingerprint():
     plain = LoopConfig(distill=DistillConfig(steps=5))
     assert LoopConfig(distill=DistillConfig(steps=5)).fingerprint() == plain.fingerprint()
     for changed in (DistillConfig(steps=5, score="metric"), DistillConfig(steps=5, check_every=2),
-                    DistillConfig(steps=5, mode="hidden"), DistillConfig(steps=5, warmup=0.1)):
+                    DistillConfig(steps=5, mode="hidden"), DistillConfig(steps=5, warmup=0.1),
+                    DistillConfig(steps=5, mode="relations"),
+                    DistillConfig(steps=5, mode="relations", relation_weight=0.5)):
         assert LoopConfig(distill=changed).fingerprint() != plain.fingerprint(), changed

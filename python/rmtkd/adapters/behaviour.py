@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rmtkd.adapters.metric import ACCURACY, Metric, MetricItems
+from rmtkd.attention_relations import AttentionProjections
 from rmtkd.sites import Site
 
 
@@ -45,6 +46,11 @@ class ModelBehaviour(ABC):
         if self.hidden_pattern is None:
             return []
         return [name for name, _ in model.named_modules() if re.fullmatch(self.hidden_pattern, name)]
+
+    def attention_layers(self, model: nn.Module) -> list[AttentionProjections]:
+        """The attention layers whose query/key/value relations the "relations" distillation mode matches, in
+        module order; empty where the adapter names none."""
+        return []
 
     # ---- computation
     @abstractmethod

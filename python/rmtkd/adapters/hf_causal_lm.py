@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from rmtkd.adapters.base import PERPLEXITY, MetricItems, register_adapter, soft_target_loss
 from rmtkd.adapters.hf_common import HFModelAdapter
+from rmtkd.attention_relations import AttentionProjections
 from rmtkd.sites import Site
 
 CAUSAL_LM_TYPES = ("gpt2", "llama", "mistral", "qwen2")
@@ -45,6 +46,22 @@ class HFCausalLM(HFModelAdapter):
     def block_of(self, site: Site) -> str:
         match = _LAYER.match(site.names[0])
         return f"{match.group(1)}.{match.group(2)}" if match else "embeddings"
+
+    def attention_layers(self, model: nn.Module) -> list[AttentionProjections]:
+        """Every decoder layer's causal self-attention: Llama-family q_proj/k_proj/v_proj (grouped key/value heads),
+        GPT-2's fused c_attn."""
+        config = model.config
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        layers = []
+        for name, module in model.named_modules():
+            if re.fullmatch(r"model\.layers\.\d+\.self_attn", name):
+                layers.append(AttentionProjections(f"{name}.q_proj", f"{name}.k_proj", f"{name}.v_proj", heads,
+                                                   kv_heads, causal=True))
+            elif re.fullmatch(r"transformer\.h\.\d+\.attn", name):
+                fused = f"{name}.c_attn"
+                layers.append(AttentionProjections(fused, fused, fused, heads, heads, causal=True))
+        return layers
 
     def forward(self, model: nn.Module, batch: dict) -> Tensor:
         device = next(model.parameters()).device

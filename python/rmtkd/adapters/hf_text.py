@@ -15,6 +15,7 @@ from torch import nn
 
 from rmtkd.adapters.base import ClassifierAdapter, register_adapter
 from rmtkd.adapters.hf_common import HFModelAdapter, transformers_offline
+from rmtkd.attention_relations import AttentionProjections
 from rmtkd.sites import Site
 
 # Model types whose module layout the adapter knows: embeddings.word_embeddings, encoder.layer.N.
@@ -63,6 +64,13 @@ class HFSequenceClassifier(HFModelAdapter, ClassifierAdapter):
     def block_of(self, site: Site) -> str:
         match = re.search(r"encoder\.layer\.(\d+)\.", site.names[0])
         return f"encoder.layer.{match.group(1)}" if match else "embeddings"
+
+    def attention_layers(self, model: nn.Module) -> list[AttentionProjections]:
+        """Every encoder layer's self-attention query, key and value Linears."""
+        heads = model.config.num_attention_heads
+        return [AttentionProjections(f"{name}.query", f"{name}.key", f"{name}.value", heads, heads, causal=False)
+                for name, _ in model.named_modules()
+                if re.fullmatch(r"(.+\.)?encoder\.layer\.\d+\.attention\.self", name)]
 
     def input_names(self) -> tuple[str, ...]:
         """input_ids, attention_mask, and token_type_ids where the tokenizer makes them (BERT does)."""

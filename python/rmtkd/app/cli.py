@@ -76,20 +76,24 @@ def selection_config(args: argparse.Namespace) -> SelectionConfig:
                            n_eff=args.n_eff)
 
 
-DISTILL_OPTIONS = {"hidden_weight": "--hidden-weight", "warmup": "--warmup", "check_every": "--early-stopping",
+DISTILL_OPTIONS = {"hidden_weight": "--hidden-weight", "relation_weight": "--relation-weight", "warmup": "--warmup", "check_every": "--early-stopping",
                    "patience": "--patience", "score": "--early-stopping-score", "alpha": "--kd-alpha",
                    "temperature": "--temperature", "steps": "--distill-steps / --recovery-steps"}
 
 
 def distill_config(args: argparse.Namespace, steps: int, lr: float) -> DistillConfig:
     """The distillation settings of the command line, for ``steps`` batches at ``lr``."""
-    if args.hidden_weight is not None and args.distill_mode != "hidden":
-        raise ValueError("--hidden-weight: weighs the hidden-state term of --distill-mode hidden; the mode is "
-                         f"{args.distill_mode!r}")
+    if args.hidden_weight is not None and args.distill_mode not in ("hidden", "relations"):
+        raise ValueError("--hidden-weight: weighs the hidden-state term of --distill-mode hidden or relations; the "
+                         f"mode is {args.distill_mode!r}")
+    if args.relation_weight is not None and args.distill_mode != "relations":
+        raise ValueError("--relation-weight: weighs the attention-relation term of --distill-mode relations; the "
+                         f"mode is {args.distill_mode!r}")
     try:
         return DistillConfig(alpha=args.kd_alpha, temperature=args.temperature, steps=steps, lr=lr,
                              sharding=args.distill_sharding, mode=args.distill_mode,
                              hidden_weight=1.0 if args.hidden_weight is None else args.hidden_weight,
+                             relation_weight=1.0 if args.relation_weight is None else args.relation_weight,
                              warmup=args.warmup, check_every=args.early_stopping, patience=args.patience,
                              score=args.early_stopping_score or "loss")
     except ValueError as error:  # name the option, not the setting behind it
@@ -375,8 +379,12 @@ def _distill_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--distill-lr", type=float, default=5e-5)
     c.add_argument("--distill-mode", choices=DISTILL_MODES, default="logits",
                    help="logits: the paper's loss (task loss + KL to the teacher's outputs); hidden: also match the "
-                        "teacher's block outputs (the fraction of their variance missed, weighed by --hidden-weight)")
+                        "teacher's block outputs (the fraction of their variance missed, weighed by --hidden-weight); "
+                        "relations: also match its self-attention query/key/value relations (KL, weighed by "
+                        "--relation-weight)")
     c.add_argument("--hidden-weight", type=float, default=None, help="weight of the hidden-state term (default 1)")
+    c.add_argument("--relation-weight", type=float, default=None,
+                   help="weight of the attention-relation term (default 1)")
     c.add_argument("--warmup", type=float, default=0.0,
                    help="fraction of each distillation's batches over which the learning rate rises from 0")
     c.add_argument("--early-stopping", type=int, default=0, metavar="N",
