@@ -135,6 +135,8 @@ def cases(root: Path, bert: Path, decoder: Path, model_folder: Path) -> list[tup
         ("a FLOP cap without a rank budget", command(*compress, *data, "--target-flop-reduction", "0.8")),
         ("a hidden-state weight without hidden-state distillation", command(*compress, *data, "--hidden-weight",
                                                                             "2")),
+        ("an attention-relation weight without relation distillation",
+         command(*compress, *data, "--distill-mode", "hidden", "--relation-weight", "2")),
         ("a warm-up of all the steps", command(*compress, *data, "--warmup", "1")),
         ("a model folder of a type no adapter knows", command(*compress[:2], str(root / "t5"),
                                                              *compress[3:], *data)),
