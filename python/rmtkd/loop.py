@@ -169,7 +169,7 @@ def _start(run: _Run, groups: list[list[Site]]) -> tuple[nn.Module, dict[str, An
     original = {"parameters": count_parameters(model), **measured, "flops": task.flops(model)}
     state = checkpoint.new_state(run.config.fingerprint(), workers.world_size,
                                  workers.broadcast(original),  # rank 0's FLOPs (its first batch)
-                                 {where: measured.to_dict() for where, measured in items.items()})
+                                 {where: per_example.to_dict() for where, per_example in items.items()})
     run.say(f"original: {original['parameters']:,} parameters, {metric} {state['original'][metric]:.4f}")
     if run.config.ranks == "budget":
         plan = state["rank_plan"] = plan_model_ranks(
