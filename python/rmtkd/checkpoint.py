@@ -39,14 +39,16 @@ def new_state(fingerprint: str, world_size: int, original: dict[str, Any],
             "world_size": world_size, "original": original, "original_items": original_items}
 
 
-def save_model(path: Path, model: nn.Module, task: Task, state: dict[str, Any], extra: dict[str, Any]) -> None:
-    """``model`` (the original architecture with the state's rewrites) as a model folder at ``path``."""
-    save_compressed(model, [Rewrite.from_dict(r) for r in state["rewrites"]], path,
+def save_model(path: Path, model: nn.Module, task: Task, rewrites: list[dict[str, Any]],
+               extra: dict[str, Any]) -> None:
+    """``model`` (the original architecture with ``rewrites``, as the loop records them) as a model folder at
+    ``path``."""
+    save_compressed(model, [Rewrite.from_dict(r) for r in rewrites], path,
                     task.adapter.architecture(task.model), extra=extra, write_assets=task.adapter.save_assets)
 
 
 def save_checkpoint(out_dir: Path, model: nn.Module, task: Task, state: dict[str, Any]) -> None:
-    save_model(out_dir / CHECKPOINT, model, task, state, extra={"loop": state})
+    save_model(out_dir / CHECKPOINT, model, task, state["rewrites"], extra={"loop": state})
 
 
 def _read(out_dir: Path, task: Task, fingerprint: str) -> Optional[tuple[nn.Module, dict[str, Any]]]:

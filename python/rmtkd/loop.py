@@ -147,12 +147,18 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
         model = _recover(run, model, state, steps_done=len(groups))
         run.save_checkpoint(model, state)
     report = workers.broadcast(_final_report(run, model, state))
+    save_outputs(run.out_dir, model, task, report, workers)
+    return model, report
+
+
+def save_outputs(out_dir: Path, model: nn.Module, task: Task, report: dict[str, Any], workers: Workers) -> None:
+    """A finished run's report.json and model folder (the report's rewrites; its original and final figures in
+    the folder's metadata), written by rank 0 while the others wait."""
     if workers.is_main:
-        write_text_atomically(run.out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-        checkpoint.save_model(run.out_dir / "model", model, task, state,
+        write_text_atomically(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        checkpoint.save_model(out_dir / "model", model, task, report["rewrites"],
                               extra={"report": {k: report[k] for k in ("original", "final")}})
     workers.barrier()
-    return model, report
 
 
 def _start(run: _Run, groups: list[list[Site]]) -> tuple[nn.Module, dict[str, Any]]:
@@ -165,8 +171,7 @@ def _start(run: _Run, groups: list[list[Site]]) -> tuple[nn.Module, dict[str, An
         return resumed
     task, workers, metric = run.task, run.workers, run.metric
     model = copy.deepcopy(task.model)
-    measured, items = _measurements(run, model)
-    original = {"parameters": count_parameters(model), **measured, "flops": task.flops(model)}
+    original, items = measurements(task, model, workers, run.config.decides)
     state = checkpoint.new_state(run.config.fingerprint(), workers.world_size,
                                  workers.broadcast(original),  # rank 0's FLOPs (its first batch)
                                  {where: per_example.to_dict() for where, per_example in items.items()})
@@ -301,33 +306,42 @@ def _recover(run: _Run, model: nn.Module, state: dict[str, Any], steps_done: int
     return model
 
 
-def _measurements(run: _Run, model: nn.Module) -> tuple[dict[str, Any], dict[str, MetricItems]]:
-    """The metric on the evaluation data (and on the validation slice, where the run decides on it), each with
-    its 95% interval; and the per-example measurements, which paired changes are computed from."""
-    task, metric = run.task, run.task.adapter.metric
-    items = {"evaluation": task.measure(model, run.workers)}
-    if run.config.decides:
-        items["validation"] = task.measure(model, run.workers, task.validation_batches)
-    values: dict[str, Any] = {}
+def measurements(task: Task, model: nn.Module, workers: Workers,
+                 validation: bool) -> tuple[dict[str, Any], dict[str, MetricItems]]:
+    """A model's parameters, FLOPs and metric on the evaluation data (and on the validation slice, with
+    ``validation``), each metric with its 95% interval; and the per-example measurements, which paired changes
+    are computed from (see :func:`paired_changes`)."""
+    metric = task.adapter.metric
+    items = {"evaluation": task.measure(model, workers)}
+    if validation:
+        items["validation"] = task.measure(model, workers, task.validation_batches)
+    values: dict[str, Any] = {"parameters": count_parameters(model)}
     for where, measured in items.items():
         key = metric.name if where == "evaluation" else f"validation_{metric.name}"
         interval = metric_interval(metric, measured)
         values[key], values[f"{key}_interval"] = interval.value, [interval.low, interval.high]
+    values["flops"] = task.flops(model)
     return values, items
 
 
+def paired_changes(task: Task, original_items: dict[str, dict],
+                   items: dict[str, MetricItems]) -> dict[str, dict[str, Any]]:
+    """The change of the metric from the original's per-example measurements (``MetricItems.to_dict`` form) to
+    ``items`` on each measured set, with its paired 95% interval."""
+    metric = task.adapter.metric
+    return {where: paired_change(metric, MetricItems.from_dict(original_items[where]), after).to_dict()
+            for where, after in items.items()}
+
+
 def _final_report(run: _Run, model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
-    params = count_parameters(model)
     task, original, metric = run.task, state["original"], run.task.adapter.metric
-    measured, items = _measurements(run, model)
-    final = {"parameters": params, **measured, "flops": task.flops(model)}
-    changes = {where: paired_change(metric, MetricItems.from_dict(state["original_items"][where]), after).to_dict()
-               for where, after in items.items()}
+    final, items = measurements(task, model, run.workers, run.config.decides)
     return {
         "format": checkpoint.RUN_FORMAT, "metric": asdict(metric),
         "original": original, "final": final,
-        "parameter_reduction": 1 - params / original["parameters"],
-        f"{metric.name}_change": final[metric.name] - original[metric.name], "changes": changes,
+        "parameter_reduction": 1 - final["parameters"] / original["parameters"],
+        f"{metric.name}_change": final[metric.name] - original[metric.name],
+        "changes": paired_changes(task, state["original_items"], items),
         "stopped": state.get("stopped"), "steps": state["steps"], "rewrites": state["rewrites"],
         "recovery": state.get("recovery"), "rank_plan": state.get("rank_plan"),
     }

@@ -233,3 +233,36 @@ def test_a_teacher_trained_elsewhere_is_noted_when_the_run_decides_on_a_validati
     assert len(notes(no_fine_tune=True, early_stopping=2)) == 1
     assert "--max-metric-drop decides on" in notes(no_fine_tune=True, max_metric_drop=1.0)[0]
     assert notes(no_fine_tune=True) == []
+
+
+@needs_minilm
+def test_settings_chosen_on_the_validation_slice(tmp_path, tiny_model, capsys):
+    """--select-on validation: one candidate run per grid point under OUT/candidates, the choice on the slice,
+    then the chosen model measured on --eval and written as the run's model; the run resumes as any other."""
+    write_table(tmp_path / "train.tsv", 400, seed=1)
+    write_table(tmp_path / "dev.tsv", 64, seed=2)
+    args = ["compress", "--model", str(tiny_model), "--train", str(tmp_path / "train.tsv"),
+            "--eval", str(tmp_path / "dev.tsv"), "--out", str(tmp_path / "out"), "--train-samples", "192",
+            "--calibration-samples", "96", "--validation-samples", "48", "--distill-steps", "2", "--max-len", "16",
+            "--noise", "quantile", "--latency-seq-len", "16", "--select-on", "validation", "--grid",
+            "tau=0.5,0.8", "--grid", "recovery-steps=0,2", "--select-within", "1"]
+    assert main(args) == 0
+    out = tmp_path / "out"
+    report = json.loads((out / "report.json").read_text())
+    selection = report["selection"]
+    names = ["tau=0.5,recovery-steps=0", "tau=0.5,recovery-steps=2", "tau=0.8,recovery-steps=0",
+             "tau=0.8,recovery-steps=2"]
+    assert [row["name"] for row in selection["candidates"]] == names
+    assert all((out / "candidates" / name / "model" / "rmtkd.json").is_file() for name in names)
+    smallest = min(row["parameters"] for row in selection["candidates"])
+    assert selection["chosen"].startswith("tau=0.8") and report["final"]["parameters"] == smallest
+    assert report["settings"]["select_on"] == "validation" and "validation_accuracy" in report["original"]
+    markdown = (out / "report.md").read_text()
+    assert "## Settings chosen on the validation slice" in markdown and f"`{selection['chosen']}` (chosen)" in markdown
+    assert f"chosen on the validation slice: {selection['chosen']}" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(out / "model"), "--eval", str(tmp_path / "dev.tsv"), "--max-len", "16",
+                 "--latency-seq-len", "16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(report["final"]["accuracy"])
+    assert main(args) == 0  # resumed: every candidate is done
+    assert capsys.readouterr().out.count("resuming after step 3 of 3") == len(names)
+    assert json.loads((out / "report.json").read_text())["final"] == report["final"]

@@ -31,6 +31,7 @@ from rmtkd.adapters.hf_text import default_model_path
 from rmtkd.app.report import TRADEOFF_PLOT, summary_table, write_report
 from rmtkd.app.launch import launched_processes
 from rmtkd.app.run_folder import RUN_FILE, claimed_output_folder, vars_for_run
+from rmtkd.app.settings_grid import add_choice_options, grid_candidates
 from rmtkd.app.spectrum import write_spectra
 from rmtkd.app.tasks import TASKS, Settings
 from rmtkd.app.tasks.text import model_slug
@@ -46,6 +47,7 @@ from rmtkd.deploy.onnx_export import MIN_OPSET
 from rmtkd.deploy.runtime import require
 from rmtkd.intervals import metric_interval
 from rmtkd.loop import LoopConfig, compress
+from rmtkd.settings_choice import choose_on_validation
 from rmtkd.metrics import count_parameters, forward_flops, paired_call_latency, paired_latency
 from rmtkd.atomic import write_text_atomically
 from rmtkd.spectral import NOISE_ESTIMATORS, THRESHOLDS
@@ -125,6 +127,7 @@ def compress_command(args: argparse.Namespace, workers: Workers) -> int:
     log = _logger(args) if workers.is_main else (lambda message: None)
     progress = _progress if workers.is_main else (lambda iterable, total, desc: iterable)
     config = loop_config(args)  # checked before anything is written
+    candidates = grid_candidates(args, loop_config)
     if args.deploy:
         for module in ("onnx", "onnxscript", "onnxruntime"):
             require(module, "--deploy")
@@ -134,7 +137,12 @@ def compress_command(args: argparse.Namespace, workers: Workers) -> int:
                          else None)
         torch.manual_seed(args.seed)
         prepared = TASKS.get(args.task).prepare(Settings.from_args(args), out, log, progress, workers)
-        compressed, report = compress(prepared.task, config, out, progress=progress, log=log, group=workers.group)
+        if candidates:
+            compressed, report = choose_on_validation(prepared.task, candidates, out, within=args.select_within,
+                                                      progress=progress, log=log, group=workers.group)
+        else:
+            compressed, report = compress(prepared.task, config, out, progress=progress, log=log,
+                                          group=workers.group)
         if args.baselines:
             report["baselines"] = run_baselines(prepared.task, report, progress=progress, group=workers.group)
         if workers.is_main:
@@ -350,7 +358,8 @@ def _compress_parser(commands: Any) -> None:
                    help="calibration examples (lm: sequences), apart from the training ones; default: 10%% of "
                         "the training set")
     c.add_argument("--validation-samples", type=int, default=None,
-                   help="training examples held out for the run's decisions (--max-metric-drop, --early-stopping), "
+                   help="training examples held out for the run's decisions (--max-metric-drop, --early-stopping, "
+                        "--select-on), "
                         "apart from the "
                         "calibration and training ones; default: 10%% of the training set when a decision needs "
                         "them, else none. --eval is only reported, never decided on")
@@ -360,6 +369,7 @@ def _compress_parser(commands: Any) -> None:
     _selection_options(c)
     _distill_options(c)
     _target_options(c)
+    add_choice_options(c)
     c.add_argument("--granularity", choices=("site", "block"), default="block")
     c.add_argument("--baselines", action="store_true",
                    help="also run weight SVD, activation PCA and fixed-fraction PCA at RMT-KD's size")

@@ -131,12 +131,44 @@ def summary_table(report: dict[str, Any]) -> str:
     return model_table(report) + "\n\n" + site_table(report)
 
 
+def steps_metric_key(report: dict[str, Any]) -> str:
+    """The original's entry that the steps' metrics compare with: the evaluation data's, or the validation
+    slice's where the steps were measured on it (the candidates of a choice on the validation slice)."""
+    name = metric_name(report)
+    return f"validation_{name}" if report.get("selection") else name
+
+
+def selection_section(report: dict[str, Any]) -> list[str]:
+    """The candidates of a choice on the validation slice, as report.md lines (none for a single run)."""
+    selection = report.get("selection")
+    if not selection:
+        return []
+    name, scale = metric_name(report), 100 if report["metric"]["percent"] else 1
+    lines = ["## Settings chosen on the validation slice", "",
+             f"Every candidate was compressed and measured on the validation slice only; chosen: "
+             f"`{selection['chosen']}` ({selection['rule']}). The evaluation data was read once, after the choice "
+             "(the tables above). The per-step figures and the plot are the chosen candidate's, on the validation "
+             "slice.", "",
+             f"| candidate | parameters | reduction | validation {name} | change (95% paired interval) |",
+             "|---|---|---|---|---|"]
+    for row in selection["candidates"]:
+        change = row[f"validation_{name}_change"]
+        chosen = " (chosen)" if row["name"] == selection["chosen"] else ""
+        lines.append(f"| `{row['name']}`{chosen} | {row['parameters']:,} | {100 * row['parameter_reduction']:.1f}% "
+                     f"| {measured_text(report, row, f'validation_{name}')} | {scale * change['value']:+.2f} "
+                     f"({scale * change['low']:+.2f} to {scale * change['high']:+.2f}) |")
+    return lines + [""]
+
+
 def plot_tradeoff(report: dict[str, Any], path: Path) -> Path:
     """The metric against parameter reduction after every step (kept steps joined, rolled-back ones marked),
     with the baselines at the final size as separate markers."""
     original, name = report["original"], metric_name(report)
     value, label = metric_axis(report)
-    xs, ys = [0.0], [value(original[name])]
+    start = original[steps_metric_key(report)]
+    if report.get("selection"):
+        label += " (validation slice)"
+    xs, ys = [0.0], [value(start)]
     rolled_x, rolled_y = [], []
     for step in report["steps"]:
         if f"{name}_after" not in step:
@@ -162,7 +194,7 @@ def plot_tradeoff(report: dict[str, Any], path: Path) -> Path:
     for marker, baseline in zip("sDv^", report.get("baselines", [])):
         ax.plot([100 * _reduction(baseline["parameters"], original)], [value(baseline[name])],
                 linestyle="none", marker=marker, markersize=8, label=baseline["method"])
-    ax.axhline(value(original[name]), color="grey", linestyle=":", linewidth=1, label=f"original {name}")
+    ax.axhline(value(start), color="grey", linestyle=":", linewidth=1, label=f"original {name}")
     ax.set_xlabel("parameter reduction (%)")
     ax.set_ylabel(label)
     ax.set_title(f"{name.capitalize()} vs. compression (step number next to each point)", fontsize=11)
@@ -181,7 +213,7 @@ def markdown_report(report: dict[str, Any], title: str) -> str:
         f"({100 * report['parameter_reduction']:.1f}% fewer), {name} {metric_text(report, report['original'][name])} "
         f"→ {metric_text(report, report['final'][name])}; stopped: {report['stopped']}.", "",
         model_table(report), "", f"![{name} vs. parameter reduction]({TRADEOFF_PLOT})", "",
-        "## Sites", "", site_table(report), "", *rank_plan_section(report),
+        *selection_section(report), "## Sites", "", site_table(report), "", *rank_plan_section(report),
         "## Spectrum plots", "", *[f"- [{p}]({p})" for p in plots], "",
         "## Settings", "", settings, "",
     ])

@@ -22,10 +22,13 @@ from typing import Callable, Iterator
 from rmtkd.atomic import announcing_writes, recover, write_text_atomically
 from rmtkd.calibration import PLOTS
 from rmtkd.checkpoint import CHECKPOINT, RUN_FORMAT
+from rmtkd.settings_choice import CANDIDATES
 
 RUN_FILE = "run.json"  # the arguments of the run that owns an output folder
-RUN_ENTRIES = {"teacher", CHECKPOINT, "model", PLOTS, "report.json", "report.md", "summary.md", RUN_FILE}
-REPLACED_WHOLE = {"teacher", CHECKPOINT, "model"}  # folders a run writes as a whole (a swap replaces everything)
+RUN_ENTRIES = {"teacher", CHECKPOINT, "model", PLOTS, "report.json", "report.md", "summary.md", RUN_FILE,
+               CANDIDATES}
+# Folders a run writes as a whole (a swap replaces everything); the candidate runs of a choice hold such folders.
+REPLACED_WHOLE = {"teacher", CHECKPOINT, "model", CANDIDATES}
 NOT_IN_FINGERPRINT = {"run", "command", "out", "overwrite", "json", "baselines", "latency_seq_len", "device"}
 LOCK_FILE = ".rmtkd.lock"
 MANIFEST_FILE = ".rmtkd-manifest.json"
@@ -144,7 +147,8 @@ def claimed_output_folder(out: Path, args: argparse.Namespace, log: Callable[[st
         raise ValueError(f"--out: {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out):
-        for folder in (out, out / PLOTS):
+        candidate_runs = sorted(p for p in (out / CANDIDATES).glob("*") if p.is_dir())
+        for folder in (out, out / PLOTS, *(f for run in candidate_runs for f in (run, run / PLOTS))):
             for done in recover(folder):
                 log(f"{out}: {done}")
         manifest = Manifest.read(out)

@@ -44,6 +44,7 @@ class Settings:
     validation_samples: Optional[int] = None
     max_metric_drop: Optional[float] = None
     early_stopping: int = 0
+    select_on: Optional[str] = None
     no_fine_tune: bool = False
     teacher_epochs: int = 1
     teacher_lr: Optional[float] = None
@@ -53,7 +54,8 @@ class Settings:
     @property
     def decides(self) -> str:
         """The option whose decisions need a validation slice ("" when none does)."""
-        return ("--max-metric-drop" if self.max_metric_drop is not None
+        return ("--select-on" if self.select_on is not None
+                else "--max-metric-drop" if self.max_metric_drop is not None
                 else "--early-stopping" if self.early_stopping else "")
 
     @classmethod
