@@ -102,13 +102,24 @@ def against_pytorch(model: nn.Module, adapter: ModelBehaviour, onnx_session: Any
             "shapes": [list(shape) for shape in EXAMPLE_SHAPES]}
 
 
+def traced_copy(model: nn.Module) -> nn.Module:
+    """What the exporter traces: :func:`plain_copy`, with a Hugging Face model's attention switched to its eager
+    (MatMul, Softmax, MatMul) form. The exporter decomposes SDPA with NaN guards (IsNaN and Where over every
+    attention score) that ONNX Runtime runs as extra passes over the scores; the eager graph has none and gives
+    the same outputs to float rounding (docs/deploy.md has the timings)."""
+    plain = plain_copy(model)
+    if hasattr(plain, "set_attn_implementation"):
+        plain.set_attn_implementation("eager")
+    return plain
+
+
 def _trace(model: nn.Module, adapter: ModelBehaviour, target: Path, opset: int, source: Path) -> list[dict]:
     """Export ``model`` to ``target``; the input specs of the graph."""
     example = adapter.example_batch(model, *EXAMPLE_SHAPES[0])
     require("onnxscript", "export")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
-        torch.onnx.export(BatchModule(plain_copy(model), adapter, list(example)).eval(), tuple(example.values()),
+        torch.onnx.export(BatchModule(traced_copy(model), adapter, list(example)).eval(), tuple(example.values()),
                           str(target), dynamo=True, opset_version=opset, input_names=list(example),
                           output_names=["logits"], dynamic_shapes=(tuple(dynamic_shapes(example).values()),),
                           optimize=True, verbose=False, external_data=False)
