@@ -217,3 +217,16 @@ def test_no_benchmark_script_shadows_an_installed_package():
     installed = importlib.metadata.packages_distributions()
     shadowing = sorted(script.stem for script in BENCHMARKS.glob("*.py") if script.stem in installed)
     assert not shadowing, f"benchmarks/ scripts named like installed packages: {shadowing}"
+
+
+@needs_minilm
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the ONNX path is optional")
+def test_onnx_attention_benchmark_quick(tmp_path, tiny_model, capsys):
+    """Both attention forms export, run in ONNX Runtime and are timed beside PyTorch."""
+    onnx_attention = load("onnx_attention")
+    assert onnx_attention.main(["--model", str(tiny_model), "--seq-lens", "16", "--min-time", "0.05",
+                                "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "cpu" / "onnx_attention.json").read_text())["rows"]
+    assert [row["variant"] for row in rows] == ["torch fp32", "ORT fp32, SDPA export", "ORT fp32, eager export"]
+    assert all(row["ms"] > 0 for row in rows) and rows[0]["speedup"] == 1.0
+    assert "| ORT fp32, eager export | 16 |" in capsys.readouterr().out

@@ -102,24 +102,28 @@ def against_pytorch(model: nn.Module, adapter: ModelBehaviour, onnx_session: Any
             "shapes": [list(shape) for shape in EXAMPLE_SHAPES]}
 
 
-def traced_copy(model: nn.Module) -> nn.Module:
+def traced_copy(model: nn.Module, attention: str = "eager") -> nn.Module:
     """What the exporter traces: :func:`plain_copy`, with a Hugging Face model's attention switched to its eager
-    (MatMul, Softmax, MatMul) form. The exporter decomposes SDPA with NaN guards (IsNaN and Where over every
-    attention score) that ONNX Runtime runs as extra passes over the scores; the eager graph has none and gives
-    the same outputs to float rounding (docs/deploy.md has the timings)."""
+    (MatMul, Softmax, MatMul) form unless ``attention`` is "model" (the model's own, SDPA by default). The
+    exporter decomposes SDPA with NaN guards (IsNaN and Where over every attention score) that ONNX Runtime runs
+    as extra passes over the scores; the eager graph has none and gives the same outputs to float rounding
+    (``benchmarks/onnx_attention.py`` times the two)."""
+    if attention not in ("eager", "model"):
+        raise ValueError(f"attention: expected 'eager' or 'model', got {attention!r}")
     plain = plain_copy(model)
-    if hasattr(plain, "set_attn_implementation"):
+    if attention == "eager" and hasattr(plain, "set_attn_implementation"):
         plain.set_attn_implementation("eager")
     return plain
 
 
-def _trace(model: nn.Module, adapter: ModelBehaviour, target: Path, opset: int, source: Path) -> list[dict]:
-    """Export ``model`` to ``target``; the input specs of the graph."""
+def trace(model: nn.Module, adapter: ModelBehaviour, target: Path, opset: int, source: Path,
+          attention: str = "eager") -> list[dict]:
+    """Export ``model`` to ``target`` (see :func:`traced_copy` for ``attention``); the input specs of the graph."""
     example = adapter.example_batch(model, *EXAMPLE_SHAPES[0])
     require("onnxscript", "export")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
-        torch.onnx.export(BatchModule(traced_copy(model), adapter, list(example)).eval(), tuple(example.values()),
+        torch.onnx.export(BatchModule(traced_copy(model, attention), adapter, list(example)).eval(), tuple(example.values()),
                           str(target), dynamo=True, opset_version=opset, input_names=list(example),
                           output_names=["logits"], dynamic_shapes=(tuple(dynamic_shapes(example).values()),),
                           optimize=True, verbose=False, external_data=False)
@@ -163,7 +167,7 @@ def export_onnx(model: str | Path | LoadedModel, out: str | Path, *, int8: bool 
     meta: dict[str, Any] = {}
 
     def write(folder: Path) -> None:
-        inputs = _trace(network, adapter, folder / FILES["fp32"], opset, source)
+        inputs = trace(network, adapter, folder / FILES["fp32"], opset, source)
         meta.update(format=EXPORT_FORMAT, adapter=adapter.name, source=str(source), opset=opset, inputs=inputs,
                     outputs=[{"name": "logits"}], files={"fp32": FILES["fp32"]},
                     parameters=count_parameters(network), rewritten_layers=rewritten_layers(network),

@@ -33,12 +33,15 @@ def require(module: str, purpose: str) -> Any:
 
 def session(path: Path, threads: Optional[int] = None) -> Any:
     """An ONNX Runtime CPU session of ``path`` with every graph optimisation and ``threads`` intra-op threads
-    (default: torch's thread count, so that both runtimes get the same cores)."""
+    (default: torch's thread count, so that both runtimes get the same cores). Denormal floats are flushed to
+    zero: a padded batch's masked attention scores otherwise make ONNX Runtime's float32 kernels run at denormal
+    speed (``benchmarks/onnx_attention.py`` measures it); the values lost are below 1.2e-38."""
     ort = require("onnxruntime", "ONNX Runtime")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
