@@ -5,7 +5,7 @@ timed in ONNX Runtime as pairs, beside PyTorch float32.
     python benchmarks/onnx_attention.py --model runs/sst2-minilm-budget0.78/model --seq-lens 128 512
 
 Each sequence length times the three as one group in alternating blocks of calls (rmtkd.metrics.paired_times) on a
-batch of one padded validation-length sentence, repeated --rounds times; each figure is the median of the rounds'
+batch of one short sentence padded to the length, repeated --rounds times; each figure is the median of the rounds'
 medians with their min–max. Writes <out>/cpu/onnx_attention.{json,md}.
 """
 from __future__ import annotations

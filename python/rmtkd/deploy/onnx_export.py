@@ -122,11 +122,12 @@ def trace(model: nn.Module, adapter: ModelBehaviour, target: Path, opset: int, s
     example = adapter.example_batch(model, *EXAMPLE_SHAPES[0])
     require("onnxscript", "export")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    traced = BatchModule(traced_copy(model, attention), adapter, list(example)).eval()
     try:
-        torch.onnx.export(BatchModule(traced_copy(model, attention), adapter, list(example)).eval(), tuple(example.values()),
-                          str(target), dynamo=True, opset_version=opset, input_names=list(example),
-                          output_names=["logits"], dynamic_shapes=(tuple(dynamic_shapes(example).values()),),
-                          optimize=True, verbose=False, external_data=False)
+        torch.onnx.export(traced, tuple(example.values()), str(target), dynamo=True, opset_version=opset,
+                          input_names=list(example), output_names=["logits"],
+                          dynamic_shapes=(tuple(dynamic_shapes(example).values()),), optimize=True, verbose=False,
+                          external_data=False)
     except Exception as error:  # noqa: BLE001 - the exporter raises many types; the user needs one message
         raise ValueError(f"model: {source} cannot be exported to ONNX ({first_cause(error)})") from error
     return _input_specs(example)
