@@ -221,12 +221,41 @@ def test_no_benchmark_script_shadows_an_installed_package():
 
 @needs_minilm
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the ONNX path is optional")
-def test_onnx_attention_benchmark_quick(tmp_path, tiny_model, capsys):
-    """Both attention forms export, run in ONNX Runtime and are timed beside PyTorch."""
-    onnx_attention = load("onnx_attention")
-    assert onnx_attention.main(["--model", str(tiny_model), "--seq-lens", "16", "--min-time", "0.05",
-                                "--out", str(tmp_path)]) == 0
-    rows = json.loads((tmp_path / "cpu" / "onnx_attention.json").read_text())["rows"]
-    assert [row["variant"] for row in rows] == ["torch fp32", "ORT fp32, SDPA export", "ORT fp32, eager export"]
+def test_onnx_choices_benchmark_quick(tmp_path, tiny_model, capsys):
+    """Both attention forms and both SkipLayerNorm choices export, run in ONNX Runtime and are timed beside
+    PyTorch at every shape asked for."""
+    onnx_choices = load("onnx_choices")
+    assert onnx_choices.main(["--model", str(tiny_model), "--seq-lens", "16", "--batches", "1", "2",
+                              "--min-time", "0.05", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "cpu" / "onnx_choices.json").read_text())["rows"]
+    names = ["torch fp32", "ORT fp32, SDPA export", "ORT fp32 (rmtkd)", "ORT fp32, SkipLayerNorm fused",
+             "ORT int8 (rmtkd)", "ORT int8, SkipLayerNorm fused"]
+    assert [row["variant"] for row in rows] == names * 2 and [row["batch"] for row in rows] == [1] * 6 + [2] * 6
     assert all(row["ms"] > 0 for row in rows) and rows[0]["speedup"] == 1.0
-    assert "| ORT fp32, eager export | 16 |" in capsys.readouterr().out
+    assert "| ORT int8 (rmtkd) | 2 | 16 |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="the ONNX path is optional")
+def test_onnx_profile_counts_only_matmuls_by_a_weight_and_their_quantizers(tmp_path):
+    """A MatMul by an initializer and the DynamicQuantizeLinear that feeds an int8 one are weight matmuls; a
+    MatMul of two activations (attention scores) and a quantizer that feeds something else are not."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    onnx_profile = load("onnx_profile")
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+    int8_weight = numpy_helper.from_array(np.ones((4, 4), np.int8), "Wq")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y"], name="by_weight"),
+             helper.make_node("MatMul", ["x", "y"], ["scores"], name="scores"),
+             helper.make_node("DynamicQuantizeLinear", ["y"], ["yq", "ys", "yz"], name="quantize_for_weight"),
+             helper.make_node("MatMulInteger", ["yq", "Wq", "yz"], ["z"], name="int8_by_weight"),
+             helper.make_node("DynamicQuantizeLinear", ["scores"], ["sq", "ss", "sz"], name="quantize_other"),
+             helper.make_node("MatMulInteger", ["sq", "sq"], ["w"], name="int8_scores")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+                              [helper.make_tensor_value_info("z", TensorProto.INT32, [4, 4]),
+                               helper.make_tensor_value_info("w", TensorProto.INT32, [4, 4])],
+                              initializer=[weight, int8_weight])
+    onnx.save(helper.make_model(graph), tmp_path / "g.onnx")
+    assert onnx_profile.weight_matmul_nodes(tmp_path / "g.onnx") == {"by_weight", "quantize_for_weight",
+                                                                    "int8_by_weight"}

@@ -87,6 +87,29 @@ def test_export_runs_in_onnx_runtime_as_in_pytorch_at_other_shapes(compressed, t
         + meta["ops"]["int8"].get("DynamicQuantizeMatMul", 0) > 0 or meta["ops"]["int8"].get("Conv", 0) > 0
 
 
+def test_sessions_leave_out_the_skip_layer_norm_fusion(tmp_path):
+    """rmtkd's ONNX Runtime sessions keep each residual Add and LayerNormalization apart (measured faster),
+    where ONNX Runtime's default fuses them into SkipLayerNormalization."""
+    import onnx
+
+    from rmtkd.deploy.runtime import session
+
+    example = ADAPTER_EXAMPLES["hf-sequence-classification"](tmp_path)
+    model, rewrites = compress_every_site(example)
+    folder = save_compressed(model, rewrites, tmp_path / "model", example.adapter.architecture(example.model),
+                             write_assets=example.adapter.save_assets)
+    export_onnx(folder, tmp_path / "onnx")
+    counts = {}
+    for name, unfused in (("rmtkd", None), ("default", ())):
+        optimized = tmp_path / f"{name}.onnx"
+        session(tmp_path / "onnx" / "model.onnx", 1, optimized_path=optimized,
+                **({} if unfused is None else {"unfused": unfused}))
+        ops = [node.op_type for node in onnx.load(str(optimized)).graph.node]
+        counts[name] = (ops.count("SkipLayerNormalization"), ops.count("LayerNormalization"))
+    assert counts["default"][0] > 0 and counts["rmtkd"][0] == 0
+    assert counts["rmtkd"][1] == counts["default"][0] + counts["default"][1]
+
+
 def test_torch_int8_quantizes_both_factors_of_every_projected_layer(compressed):
     example, model, _ = compressed
     projected = sum(isinstance(m, ProjectedLinear) for m in model.modules())
@@ -179,6 +202,18 @@ def test_compress_reports_the_fastest_deployment_and_the_benchmark_compares_all_
     assert all(r["ms_min"] <= r["ms"] <= r["ms_max"] and len(r["rounds_ms"]) == 3 for r in result["rows"])
     assert result["accuracy"]["teacher torch fp32"] == result["accuracy"]["teacher ORT fp32"]
     assert result["goals"]["shape"] == "batch 1, 16 tokens"
+
+    import onnx_profile
+
+    assert onnx_profile.main(["--run", str(out), "--seq-len", "16", "--calls", "3",
+                              "--out", str(tmp_path / "bench")]) == 0
+    profile = json.loads((tmp_path / "bench" / "cpu" / "onnx_profile.json").read_text())
+    assert set(profile["profiles"]) == {f"{role} ORT {precision}" for role in ("teacher", "compressed")
+                                        for precision in ("fp32", "int8")}
+    for measured in profile["profiles"].values():
+        assert measured["weight_matmul_nodes"] > 0 and measured["weight_matmul_ms"] > 0 and measured["rest_ms"] > 0
+        assert measured["weight_matmul_ms"] + measured["rest_ms"] <= measured["wall_ms"]
+    assert profile["bound"]["with_free_weight_matmuls"] > profile["bound"]["measured"]
 
 
 class DataDependent(nn.Module):

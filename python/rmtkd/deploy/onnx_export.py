@@ -107,7 +107,7 @@ def traced_copy(model: nn.Module, attention: str = "eager") -> nn.Module:
     (MatMul, Softmax, MatMul) form unless ``attention`` is "model" (the model's own, SDPA by default). The
     exporter decomposes SDPA with NaN guards (IsNaN and Where over every attention score) that ONNX Runtime runs
     as extra passes over the scores; the eager graph has none and gives the same outputs to float rounding
-    (``benchmarks/onnx_attention.py`` times the two)."""
+    (``benchmarks/onnx_choices.py`` times the two)."""
     if attention not in ("eager", "model"):
         raise ValueError(f"attention: expected 'eager' or 'model', got {attention!r}")
     plain = plain_copy(model)

@@ -9,7 +9,7 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ DEPLOY_FILE = "deploy.json"
 EXPORT_FORMAT = 1  # version of the export folder's layout and deploy.json
 FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 INSTALL = "pip install 'rmtkd[onnx]' (onnx, onnxscript, onnxruntime)"
+# ONNX Runtime graph fusions rmtkd's sessions leave out: on the x86 CPU measured, sessions with the residual Add
+# fused into SkipLayerNormalization were 6–29% slower at every shape, float32 and int8 (benchmarks/onnx_choices.py)
+SLOWER_FUSIONS = ("SkipLayerNormFusion",)
 
 
 def require(module: str, purpose: str) -> Any:
@@ -31,18 +34,27 @@ def require(module: str, purpose: str) -> Any:
         raise ValueError(f"{purpose}: needs the {module} package, which is not installed; {INSTALL}") from None
 
 
-def session(path: Path, threads: Optional[int] = None) -> Any:
-    """An ONNX Runtime CPU session of ``path`` with every graph optimisation and ``threads`` intra-op threads
-    (default: torch's thread count, so that both runtimes get the same cores). Denormal floats are flushed to
-    zero: a padded batch's masked attention scores otherwise make ONNX Runtime's float32 kernels run at denormal
-    speed (twice the time at 512 tokens, docs/deploy.md); the values lost are below 1.2e-38."""
+def session(path: Path, threads: Optional[int] = None, unfused: Sequence[str] = SLOWER_FUSIONS,
+            profile_prefix: Optional[str] = None, optimized_path: Optional[Path] = None) -> Any:
+    """An ONNX Runtime CPU session of ``path`` with every graph optimisation but the fusions in ``unfused``, and
+    ``threads`` intra-op threads (default: torch's thread count, so that both runtimes get the same cores).
+
+    Denormal floats are flushed to zero: a padded batch's masked attention scores otherwise make ONNX Runtime's
+    float32 kernels run at denormal speed (twice the time at 512 tokens, docs/deploy.md); the values lost are
+    below 1.2e-38. ``profile_prefix`` turns on ONNX Runtime's profiler (its file is named by ``end_profiling``);
+    ``optimized_path`` writes the graph as optimised, whose node names the profile uses."""
     ort = require("onnxruntime", "ONNX Runtime")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if profile_prefix is not None:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(unfused))
 
 
 def run_session(onnx_session: Any, inputs: list[dict[str, Any]], batch: dict) -> Tensor:
