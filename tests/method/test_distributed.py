@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from rmtkd.attention_relations import AttentionProjections, relation_loss
 from rmtkd.calibration import SelectionConfig, calibrate_and_select
 from rmtkd.distill import DistillConfig
 from rmtkd.distributed import Workers
@@ -54,6 +55,30 @@ def selections(task: Task, workers: Workers) -> list[tuple[int, torch.Tensor]]:
     return [(c.selection.k, c.selection.basis) for c in chosen]
 
 
+RELATION_LAYER = AttentionProjections("q", "k", "v", heads=2, kv_heads=2, causal=False)
+
+
+def relation_batch() -> tuple[dict, dict, torch.Tensor]:
+    """Student and teacher projections of 4 sequences (float64) and a mask whose shards hold unequal numbers of
+    real tokens (rank 0's two rows 5 of 10, rank 1's 9): the term's normalisation is the global batch's."""
+    generator = torch.Generator().manual_seed(3)
+    student, teacher = ({name: torch.randn(4, 5, 8, generator=generator, dtype=torch.float64) for name in "qkv"}
+                        for _ in range(2))
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[0, 3:], mask[1, 2:], mask[3, 4] = False, False, False
+    return student, teacher, mask
+
+
+def relation_gradients(workers: Workers, rows: slice) -> tuple[float, list[torch.Tensor]]:
+    """The relation term of ``rows`` of :func:`relation_batch` and its gradients by the student's projections."""
+    student, teacher, mask = relation_batch()
+    student = {name: value[rows].clone().requires_grad_() for name, value in student.items()}
+    loss = relation_loss(student, {name: value[rows] for name, value in teacher.items()}, [RELATION_LAYER],
+                         mask[rows], workers)
+    loss.backward()
+    return loss.item(), [student[name].grad for name in "qkv"]
+
+
 def run(rank: int, scenario: str, folder: str) -> None:
     import torch.distributed as dist
 
@@ -65,6 +90,8 @@ def run(rank: int, scenario: str, folder: str) -> None:
         task = task_for(workers, torch.float64 if scenario.endswith("float64") else torch.float32)
         if scenario.startswith("selections"):
             result = selections(task, workers)
+        elif scenario == "relation-gradients":
+            result = relation_gradients(workers, slice(2 * rank, 2 * rank + 2))
         elif scenario.startswith("compress"):
             config = {"compress-one-step-float64": ONE_STEP, "compress-fsdp-float64": ONE_STEP_FSDP,
                       "compress-hidden-float64": ONE_STEP_HIDDEN}.get(scenario, CONFIG)
@@ -144,6 +171,18 @@ def test_one_distilled_step_matches_one_process_with_the_same_global_batch(tmp_p
         report_alone["steps"][0]["distillation"]["loss_mean"], rel=1e-6)
     for output, batch in zip(outputs_0, EVALUATION):
         torch.testing.assert_close(output, alone.adapter.forward(model_alone, batch), rtol=1e-9, atol=1e-9)
+
+
+def test_relation_term_over_two_ranks_averages_to_one_process_on_the_whole_batch(tmp_path):
+    """What DDP does with the attention-relation term: the mean of the ranks' losses and gradients is one
+    process's on the whole batch, with unequal numbers of real tokens in the shards (each rank's share is
+    scaled by the global count of real query tokens, not its own)."""
+    loss_alone, gradients_alone = relation_gradients(Workers(), slice(None))
+    (loss_0, gradients_0), (loss_1, gradients_1) = spawn("relation-gradients", tmp_path)
+    assert (loss_0 + loss_1) / WORLD == pytest.approx(loss_alone, rel=1e-12)
+    assert loss_0 != pytest.approx(loss_1)  # the shards differ, so equal averages are not a coincidence
+    for alone, shard_0, shard_1 in zip(gradients_alone, gradients_0, gradients_1):
+        torch.testing.assert_close(torch.cat([shard_0, shard_1]) / WORLD, alone, rtol=1e-12, atol=1e-14)
 
 
 def test_fsdp_sharded_distillation_matches_one_process(tmp_path):
