@@ -138,9 +138,10 @@ def compress(task: Task, config: LoopConfig, out_dir: str | Path, *,
         state["steps"].append(workers.broadcast(record.to_dict()))  # rank 0's timings and FLOPs everywhere
         state["next_step"] = index + 1
         run.save_checkpoint(model, state)
+        after = record.measured.get(f"{run.metric}_after")  # none for a step with nothing to compress
         run.say(f"step {index + 1}/{len(groups)} {groups[index][0].name}{'…' if len(groups[index]) > 1 else ''}: "
-                f"{described(state['steps'][-1])}, parameters {record.parameters_after:,}, {run.metric} "
-                f"{record.measured.get(f'{run.metric}_after', float('nan')):.4f}")
+                f"{described(state['steps'][-1])}, parameters {record.parameters_after:,}"
+                + (f", {run.metric} {after:.4f}" if after is not None else ""))
     else:
         state.setdefault("stopped", "every site tried")
     if config.recovery is not None and state["rewrites"] and "recovery" not in state:

@@ -141,9 +141,13 @@ def test_accuracy_budget_rolls_back_every_step(tmp_path):
     task.validation_batches = make_batches(2, seed=99)
     before = count_parameters(task.model)
     strict = LoopConfig(selection=CONFIG.selection, distill=CONFIG.distill, max_metric_drop=-1.0)
-    _, report = compress(task, strict, tmp_path, log=lambda message: None)
+    messages: list[str] = []
+    _, report = compress(task, strict, tmp_path, log=messages.append)
     assert report["final"]["parameters"] == before and report["rewrites"] == []
     tried = [s for s in report["steps"] if s["outcome"] != "nothing to compress"]
+    step_lines = [m for m in messages if m.startswith("step ")]
+    assert len(step_lines) == len(report["steps"]) and not any("nan" in m for m in step_lines)
+    assert sum("accuracy" in m for m in step_lines) == len(tried)  # a step with nothing to compress measures nothing
     assert tried and all(s["outcome"] == "rolled back" and s["why"].startswith("validation accuracy worse by")
                          for s in tried)
     for step in tried:  # each decision says its margin: the change on the slice with its paired interval
